@@ -1,0 +1,43 @@
+# The two commands: `make run` and `make test`. Both set up .venv from the pinned lock file on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STATE_DIR ?= $(CURDIR)/.local
+MANIFEST ?=
+DEVICES ?= 10000
+export STATE_DIR
+
+.PHONY: venv run test bench lint format lock emulator clean
+
+$(VENV)/.installed: requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q uv==0.13.9
+	$(VENV)/bin/uv pip install -q --python $(PY) --compile-bytecode -r requirements.lock
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: venv
+	$(PY) -m scripts.run_local $(if $(MANIFEST),--manifest "$(MANIFEST)")
+
+test: venv
+	$(PY) -m pytest
+
+bench: venv
+	$(PY) -m scripts.bench --devices $(DEVICES)
+
+lint: venv
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+lock: venv
+	$(VENV)/bin/uv pip compile requirements.txt --python-version 3.11 -o requirements.lock
+
+emulator: venv
+	$(PY) -m iot_emulator --host 127.0.0.1 --port 4566 --state-dir $(STATE_DIR)/emulator
+
+clean:
+	rm -rf $(VENV) .local .pytest_cache
