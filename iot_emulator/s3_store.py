@@ -1,0 +1,74 @@
+"""S3 as the IoT backend sees it: objects in moto's in-process S3 backend, presigned links on our endpoint."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from iot_emulator.errors import invalid_request
+
+DEFAULT_ACCOUNT = "123456789012"
+
+
+class S3Store:
+    """Reads and writes objects straight in moto's S3 backend (no HTTP round trip)."""
+
+    def __init__(
+        self, endpoint_url: str = "http://127.0.0.1:4566", account_id: str = DEFAULT_ACCOUNT
+    ) -> None:
+        self.endpoint_url = endpoint_url
+        self.account_id = account_id
+        self._signers: dict[str, Any] = {}
+        self._signer_lock = threading.Lock()
+
+    @property
+    def _backend(self) -> Any:
+        from moto.s3.models import s3_backends
+
+        return s3_backends[self.account_id]["aws"]
+
+    def get_object(self, bucket: str, key: str) -> bytes:
+        """The object's bytes; InvalidRequestException naming the bucket and key when it is missing."""
+        from moto.s3.exceptions import MissingBucket
+
+        try:
+            obj = self._backend.get_object(bucket, key)
+        except MissingBucket:
+            raise invalid_request(f"The specified bucket does not exist: s3://{bucket}") from None
+        if obj is None:
+            raise invalid_request(f"The specified key does not exist: s3://{bucket}/{key}")
+        return bytes(obj.value)
+
+    def put_object(self, bucket: str, key: str, data: bytes) -> None:
+        """Store ``data`` at ``bucket/key``; InvalidRequestException if the bucket does not exist."""
+        from moto.s3.exceptions import MissingBucket
+
+        try:
+            self._backend.put_object(bucket, key, data)
+        except MissingBucket:
+            raise invalid_request(f"The specified bucket does not exist: s3://{bucket}") from None
+
+    def presigned_get_url(self, bucket: str, key: str, expires: int = 3600, region: str = "us-east-1") -> str:
+        """A SigV4 presigned GET link on the emulator's endpoint; a plain HTTP GET downloads the object."""
+        return self._signer(region).generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires
+        )
+
+    def _signer(self, region: str) -> Any:
+        # Building a boto3 client costs tens of milliseconds: keep one per region.
+        with self._signer_lock:
+            client = self._signers.get(region)
+            if client is None:
+                client = boto3.session.Session().client(
+                    "s3",
+                    endpoint_url=self.endpoint_url,
+                    region_name=region,
+                    aws_access_key_id="emulator",
+                    aws_secret_access_key="emulator",  # noqa: S106 - the emulator checks no signature
+                    config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+                )
+                self._signers[region] = client
+            return client
