@@ -252,13 +252,14 @@ class BulkMixin:
     ) -> None:
         fail_lines = set(getattr(faults, "fail_lines", None) or ())
         fail_rate = float(getattr(faults, "fail_rate", 0) or 0)
+        rng = getattr(faults, "rng", None) or random  # the faults' seeded RNG keeps tests deterministic
         cache: dict[str, set[str]] = {}
         for _ in range(min(lines, task["totalLines"] - task["linesDone"])):
             start = task["offset"]
             end = data.find(b"\n", start)
             end = len(data) if end < 0 else end + 1
             number = task["linesDone"] + 1
-            if number in fail_lines or (fail_rate and random.random() < fail_rate):
+            if number in fail_lines or (fail_rate and rng.random() < fail_rate):
                 error: IotError | None = IotError("ThrottlingException", "Rate exceeded")
                 response = None
             else:
