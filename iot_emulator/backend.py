@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from iot_emulator.bulk import BulkMixin
 from iot_emulator.certificates import CertificatesMixin
+from iot_emulator.faults import Faults
 from iot_emulator.provisioning import ProvisioningMixin
 from iot_emulator.registry import RegistryMixin
 
@@ -35,6 +37,7 @@ class IotBackend(RegistryMixin, CertificatesMixin, ProvisioningMixin, BulkMixin)
         self._rt_s3 = s3  # iot_emulator.s3_store.S3Store (bulk tasks read input and write reports there)
         self._rt_clock = clock
         self._rt_lock = threading.RLock()
+        self._init_runtime_hooks()
         self._init_registry()
         self._init_certificates()
         self._init_provisioning()
@@ -55,3 +58,13 @@ class IotBackend(RegistryMixin, CertificatesMixin, ProvisioningMixin, BulkMixin)
         self._rt_s3 = None
         self._rt_clock = time.time
         self._rt_lock = threading.RLock()
+        self._init_runtime_hooks()
+
+    def _init_runtime_hooks(self) -> None:
+        # The server replaces these: shared fault settings and its debounced state saver.
+        self._rt_faults = Faults()
+        self._rt_on_change: Callable[[], None] = _no_change_hook
+
+
+def _no_change_hook() -> None:
+    """Without a server (unit tests) nothing is persisted."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from typing import Any
 
@@ -12,6 +13,11 @@ from iot_emulator.errors import invalid_request
 
 DEFAULT_ACCOUNT = "123456789012"
 
+# The endpoint URL the current request came in on (set by the server): links must work for that caller.
+request_endpoint: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "request_endpoint", default=None
+)
+
 
 class S3Store:
     """Reads and writes objects straight in moto's S3 backend (no HTTP round trip)."""
@@ -21,7 +27,7 @@ class S3Store:
     ) -> None:
         self.endpoint_url = endpoint_url
         self.account_id = account_id
-        self._signers: dict[str, Any] = {}
+        self._signers: dict[tuple[str, str], Any] = {}
         self._signer_lock = threading.Lock()
 
     @property
@@ -53,22 +59,24 @@ class S3Store:
 
     def presigned_get_url(self, bucket: str, key: str, expires: int = 3600, region: str = "us-east-1") -> str:
         """A SigV4 presigned GET link on the emulator's endpoint; a plain HTTP GET downloads the object."""
-        return self._signer(region).generate_presigned_url(
+        endpoint = request_endpoint.get() or self.endpoint_url
+        return self._signer(endpoint, region).generate_presigned_url(
             "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires
         )
 
-    def _signer(self, region: str) -> Any:
-        # Building a boto3 client costs tens of milliseconds: keep one per region.
+    def _signer(self, endpoint: str, region: str) -> Any:
+        # Building a boto3 client costs tens of milliseconds: keep one per endpoint and region.
         with self._signer_lock:
-            client = self._signers.get(region)
+            client = self._signers.get((endpoint, region))
             if client is None:
                 client = boto3.session.Session().client(
                     "s3",
-                    endpoint_url=self.endpoint_url,
+                    endpoint_url=endpoint,
                     region_name=region,
                     aws_access_key_id="emulator",
                     aws_secret_access_key="emulator",  # noqa: S106 - the emulator checks no signature
                     config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
                 )
-                self._signers[region] = client
+                if len(self._signers) < 32:  # the Host header is the caller's: bound the cache
+                    self._signers[endpoint, region] = client
             return client
