@@ -1,0 +1,257 @@
+"""The factory CA: load or create it, issue device certificates from a public key or a verified CSR."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from include.errors import CertificateAuthorityError, CsrError
+
+DEVICE_VALIDITY = dt.timedelta(days=365 * 20)
+CLOCK_SKEW = dt.timedelta(minutes=5)
+# Key types AWS IoT accepts for device certificates (CreateCertificateFromCsr documentation).
+ACCEPTED_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
+MIN_RSA_BITS = 2048
+
+
+def utcnow() -> dt.datetime:
+    """The one clock of this module (tests replace it)."""
+    return dt.datetime.now(dt.UTC)
+
+
+def certificate_id(certificate: x509.Certificate) -> str:
+    """AWS IoT's certificate id: lowercase hex SHA-256 of the DER encoding."""
+    return hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def certificate_id_from_pem(pem: str | bytes) -> str:
+    data = pem.encode() if isinstance(pem, str) else pem
+    return certificate_id(x509.load_pem_x509_certificate(data))
+
+
+def _signing_hash(key: object) -> hashes.HashAlgorithm:
+    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP521R1):
+        return hashes.SHA512()
+    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP384R1):
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
+def check_device_key(public_key: object) -> None:
+    """Refuse key types AWS IoT would refuse (RSA < 2048, curves other than P-256/384/521, EdDSA)."""
+    if isinstance(public_key, rsa.RSAPublicKey):
+        if public_key.key_size < MIN_RSA_BITS:
+            raise CsrError(
+                "csr_key_unsupported", f"the CSR has an RSA-{public_key.key_size} key; AWS IoT needs ≥2048"
+            )
+        return
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        if not isinstance(public_key.curve, ACCEPTED_CURVES):
+            raise CsrError(
+                "csr_key_unsupported",
+                f"the CSR uses curve {public_key.curve.name}; AWS IoT accepts P-256/384/521",
+            )
+        return
+    raise CsrError(
+        "csr_key_unsupported", f"the CSR has a {type(public_key).__name__}; AWS IoT accepts RSA or ECDSA"
+    )
+
+
+def load_device_csr(pem: str) -> x509.CertificateSigningRequest:
+    """Parse a device CSR and check its self-signature and key type; CsrError carries the reason code."""
+    try:
+        csr = x509.load_pem_x509_csr(pem.encode("ascii"))
+    except (ValueError, UnicodeEncodeError, UnsupportedAlgorithm):
+        raise CsrError("csr_unparseable", "the csr column is not a PEM certificate signing request") from None
+    try:
+        public_key = csr.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        raise CsrError("csr_unparseable", "the CSR's public key cannot be read") from None
+    check_device_key(public_key)
+    try:
+        valid = csr.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm):
+        valid = False
+    if not valid:
+        raise CsrError("csr_signature_invalid", "the CSR's signature does not verify with its own public key")
+    return csr
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    """A CA certificate with its private key. Never log or repr the key."""
+
+    certificate: x509.Certificate
+    private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+    def __repr__(self) -> str:
+        return f"CertificateAuthority(subject={self.certificate.subject.rfc4514_string()!r})"
+
+    @classmethod
+    def from_pem(cls, certificate_pem: str | bytes, private_key_pem: str | bytes) -> CertificateAuthority:
+        """Load a CA; checks that the key belongs to the certificate and that it is a CA certificate."""
+        cert_bytes = certificate_pem.encode() if isinstance(certificate_pem, str) else certificate_pem
+        key_bytes = private_key_pem.encode() if isinstance(private_key_pem, str) else private_key_pem
+        try:
+            certificate = x509.load_pem_x509_certificate(cert_bytes)
+        except ValueError:
+            raise CertificateAuthorityError("the CA certificate is not a PEM X.509 certificate") from None
+        try:
+            key = serialization.load_pem_private_key(key_bytes, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            # Say nothing about the key's content: it is a secret.
+            raise CertificateAuthorityError(
+                "the CA private key is not an unencrypted PEM private key"
+            ) from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+            raise CertificateAuthorityError("the CA private key must be an EC or RSA key")
+        public = serialization.PublicFormat.SubjectPublicKeyInfo
+        if key.public_key().public_bytes(
+            serialization.Encoding.DER, public
+        ) != certificate.public_key().public_bytes(serialization.Encoding.DER, public):
+            raise CertificateAuthorityError("the CA private key does not belong to the CA certificate")
+        try:
+            constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            constraints = None
+        if constraints is None or not constraints.ca:
+            raise CertificateAuthorityError("the CA certificate lacks basicConstraints CA:TRUE")
+        return cls(certificate=certificate, private_key=key)
+
+    @classmethod
+    def create_development(
+        cls, common_name: str = "Factory Development CA", organization: str = "Example Devices Ltd"
+    ) -> CertificateAuthority:
+        """A new self-signed ECDSA P-256 CA for local runs and tests (the bootstrap registers it in IoT)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+            ]
+        )
+        now = utcnow()
+        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - CLOCK_SKEW)
+            .not_valid_after(now + dt.timedelta(days=365 * 25))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(ski, critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(certificate=certificate, private_key=key)
+
+    @property
+    def certificate_pem(self) -> str:
+        return self.certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+    def private_key_pem(self) -> str:
+        """The CA key as unencrypted PKCS8 PEM: for storing it in a secret, never for logs."""
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode("ascii")
+
+    def _builder(self, subject: x509.Name, public_key: object) -> x509.CertificateBuilder:
+        """Fields every issued certificate shares; each issuing path adds only its own extensions."""
+        now = utcnow()
+        not_after = min(now + DEVICE_VALIDITY, self.certificate.not_valid_after_utc)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.certificate.subject)
+            .public_key(public_key)  # type: ignore[arg-type]
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - CLOCK_SKEW)
+            .not_valid_after(not_after)
+            .add_extension(self._authority_key_identifier, critical=False)
+        )
+
+    @property
+    def _authority_key_identifier(self) -> x509.AuthorityKeyIdentifier:
+        cached = self.__dict__.get("_aki")
+        if cached is None:
+            try:
+                ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+                cached = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+            except x509.ExtensionNotFound:
+                cached = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.private_key.public_key())
+            object.__setattr__(self, "_aki", cached)
+        return cached
+
+    def issue_device_certificate(
+        self, public_key: object, thing_name: str, serial_number: str | None = None
+    ) -> x509.Certificate:
+        """A TLS client certificate for a device key, straight from its public key (no CSR round trip)."""
+        attributes = [x509.NameAttribute(NameOID.COMMON_NAME, thing_name)]
+        if serial_number:
+            attributes.append(x509.NameAttribute(NameOID.SERIAL_NUMBER, serial_number))
+        is_rsa = isinstance(public_key, rsa.RSAPublicKey)
+        builder = (
+            self._builder(x509.Name(attributes), public_key)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=is_rsa,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        )
+        return builder.sign(self.private_key, _signing_hash(self.private_key))
+
+    def issue_from_csr(
+        self, csr: x509.CertificateSigningRequest | str, thing_name: str, serial_number: str | None = None
+    ) -> x509.Certificate:
+        """Sign a device CSR after checking its signature and key; the subject is set by us, not the CSR."""
+        if isinstance(csr, str):
+            csr = load_device_csr(csr)
+        elif not csr.is_signature_valid:
+            raise CsrError(
+                "csr_signature_invalid", "the CSR's signature does not verify with its own public key"
+            )
+        return self.issue_device_certificate(csr.public_key(), thing_name, serial_number)
+
+    def issue_verification_certificate(self, registration_code: str) -> str:
+        """The certificate RegisterCACertificate wants: CN = registration code, signed by this CA (PEM)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, registration_code)])
+        certificate = (
+            self._builder(subject, key.public_key())
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(self.private_key, _signing_hash(self.private_key))
+        )
+        return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
