@@ -174,7 +174,8 @@ class BulkMixin:
         return worker is not None and worker.is_alive()
 
     def _start_bulk_worker(self, task_id: str, data: bytes) -> None:
-        if getattr(self, "_rt_bulk_shutdown", None) is None:
+        shutdown = getattr(self, "_rt_bulk_shutdown", None)
+        if shutdown is None or shutdown.is_set():  # workers told to stop before stay stopped
             self._rt_bulk_shutdown = threading.Event()
         worker = threading.Thread(
             target=self._run_bulk_task,

@@ -14,6 +14,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from iot_emulator.server import EmulatorServer
 from tests.iot_emulator.test_template_engine import FactoryCa
 
 ROLE = "arn:aws:iam::123456789012:role/bulk-registration"
@@ -288,3 +289,53 @@ def test_list_tasks_paginates(iot_client: Any, s3_client: Any, ca: FactoryCa) ->
     assert all(len(page["taskIds"]) <= 2 for page in pages) and len(pages) >= 2
     assert listed == ids[::-1]  # newest first
     assert len(listed) == len(set(listed))
+
+
+def test_interrupted_task_resumes_after_restart(fresh_emulator: Any, tmp_path: Any) -> None:
+    first = EmulatorServer("127.0.0.1", 0, state_dir=tmp_path).start()
+    try:
+        iot, s3 = _clients(first)
+        ca = FactoryCa("Restart CA")
+        code = iot.get_registration_code()["registrationCode"]
+        iot.register_ca_certificate(
+            caCertificate=ca.pem, verificationCertificate=ca.verification_pem(code), setAsActive=True
+        )
+        iot.create_thing_type(thingTypeName="bulk-sensor")
+        document = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "iot:*", "Resource": "*"}],
+        }
+        iot.create_policy(policyName="bulk-device", policyDocument=json.dumps(document))
+        s3.create_bucket(Bucket=BUCKET)
+        first.faults.update({"task_line_delay": 0.02})
+        task_id = start(iot, s3, b"\n".join(device_lines(ca, 30)) + b"\n")
+        deadline = time.monotonic() + 20
+        while iot.describe_thing_registration_task(taskId=task_id)["successCount"] < 5:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        before = iot.describe_thing_registration_task(taskId=task_id)
+        assert before["status"] == "InProgress" and before["successCount"] < 30
+    finally:
+        first.stop()  # workers stop at their next line; the task stays InProgress in the saved state
+
+    second = EmulatorServer("127.0.0.1", 0, state_dir=tmp_path).start()
+    try:
+        iot, _ = _clients(second)
+        task = wait(iot, task_id)
+        assert (task["status"], task["successCount"], task["failureCount"]) == ("Completed", 30, 0)
+        numbers = [json.loads(line)["lineNumber"] for line in report(iot, task_id, "RESULTS")]
+        assert numbers == list(range(1, 31))  # every line reported exactly once across the restart
+    finally:
+        second.stop()
+
+
+def _clients(server: EmulatorServer) -> tuple[Any, Any]:
+    import boto3
+
+    session = boto3.session.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+    )
+    return (
+        session.client("iot", endpoint_url=server.endpoint_url),
+        session.client("s3", endpoint_url=server.endpoint_url),
+    )
