@@ -339,3 +339,27 @@ def _clients(server: EmulatorServer) -> tuple[Any, Any]:
         session.client("iot", endpoint_url=server.endpoint_url),
         session.client("s3", endpoint_url=server.endpoint_url),
     )
+
+
+def test_big_reports_are_split_into_numbered_parts(
+    iot_client: Any, s3_client: Any, ca: FactoryCa, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("iot_emulator.bulk.PART_LINES", 2)  # the emulator runs in this process
+    task_id = start(iot_client, s3_client, b"\n".join(device_lines(ca, 5)) + b"\n")
+    assert wait(iot_client, task_id)["status"] == "Completed"
+    first = iot_client.list_thing_registration_task_reports(
+        taskId=task_id, reportType="RESULTS", maxResults=2
+    )
+    assert len(first["resourceLinks"]) == 2 and first["nextToken"]
+    rest = iot_client.list_thing_registration_task_reports(
+        taskId=task_id, reportType="RESULTS", nextToken=first["nextToken"]
+    )
+    links = first["resourceLinks"] + rest["resourceLinks"]
+    assert "nextToken" not in rest
+    assert [re.search(rf"/{task_id}-(\d+)\?", link).group(1) for link in links] == ["1", "2", "3"]  # type: ignore[union-attr]
+    numbers = [json.loads(line)["lineNumber"] for line in report(iot_client, task_id, "RESULTS")]
+    assert numbers == [1, 2, 3, 4, 5]
+    assert (
+        iot_client.list_thing_registration_task_reports(taskId=task_id, reportType="ERRORS")["resourceLinks"]
+        == []
+    )
