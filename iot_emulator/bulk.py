@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from iot_emulator.errors import IotError, invalid_request, limit_exceeded, not_found
+from iot_emulator.registry import paginate
 from iot_emulator.template_engine import Template, compile_template, provision
 
 log = logging.getLogger(__name__)
@@ -118,13 +119,11 @@ class BulkMixin:
     def list_thing_registration_tasks(
         self, nextToken: str | None = None, maxResults: int | None = None, status: str | None = None
     ) -> dict[str, Any]:
-        from iot_emulator.provisioning import _page
-
         if status is not None and status not in STATUSES:
             raise invalid_request(f"status must be one of {', '.join(STATUSES)}")
         tasks = sorted(self._bulk_tasks.values(), key=lambda t: t["creationDate"], reverse=True)
         ids = [t["taskId"] for t in tasks if status is None or t["status"] == status]
-        page, token = _page(ids, nextToken, maxResults)
+        page, token = paginate(ids, nextToken, maxResults, 250)
         return {"taskIds": page, **({"nextToken": token} if token else {})}
 
     def stop_thing_registration_task(self, taskId: str) -> dict[str, Any]:
@@ -143,8 +142,6 @@ class BulkMixin:
     def list_thing_registration_task_reports(
         self, taskId: str, reportType: str, nextToken: str | None = None, maxResults: int | None = None
     ) -> dict[str, Any]:
-        from iot_emulator.provisioning import _page
-
         if reportType not in REPORT_TYPES:
             raise invalid_request(f"reportType must be one of {', '.join(REPORT_TYPES)}")
         task = self._bulk_tasks.get(taskId)
@@ -154,7 +151,7 @@ class BulkMixin:
             self._rt_s3.presigned_get_url(self.bulk_report_bucket, self._report_key(taskId, reportType, part))
             for part in range(1, task["parts"][reportType] + 1)
         ]
-        page, token = _page(links, nextToken, maxResults)
+        page, token = paginate(links, nextToken, maxResults, 250)
         return {"resourceLinks": page, "reportType": reportType, **({"nextToken": token} if token else {})}
 
     # ------------------------------------------------------------------ worker

@@ -8,6 +8,7 @@ import secrets
 from typing import Any
 
 from iot_emulator.errors import IotError, already_exists, invalid_request, limit_exceeded, not_found
+from iot_emulator.registry import paginate
 from iot_emulator.template_engine import compile_template, provision
 
 MAX_TEMPLATES = 256  # "Maximum number of fleet provisioning templates per customer" (aws-iot-facts.md 3.1)
@@ -23,18 +24,6 @@ CLAIM_ISSUER = (
     ("OU", "Amazon IoT Provisioning"),
     ("serialNumber", "1.0"),
 )
-
-
-def _page(
-    items: list[Any], next_token: str | None, max_results: int | None, default: int = 250
-) -> tuple[list, str]:
-    """Slice a list for token pagination; the token is the next index."""
-    try:
-        start = int(next_token) if next_token else 0
-    except ValueError:
-        raise invalid_request(f"Invalid nextToken: {next_token}") from None
-    end = start + (max_results or default)
-    return items[start:end], (str(end) if end < len(items) else "")
 
 
 class ProvisioningMixin:
@@ -132,7 +121,7 @@ class ProvisioningMixin:
             "type",
         )
         records = sorted(self._provisioning_templates.values(), key=lambda r: r["templateName"])
-        page, token = _page(records, nextToken, maxResults)
+        page, token = paginate(records, nextToken, maxResults, 250)
         out: dict[str, Any] = {"templates": [{k: r[k] for k in keys if r[k] is not None} for r in page]}
         if token:
             out["nextToken"] = token
@@ -230,7 +219,7 @@ class ProvisioningMixin:
             }
             for _, v in sorted(record["versions"].items())
         ]
-        page, token = _page(versions, nextToken, maxResults)
+        page, token = paginate(versions, nextToken, maxResults, 250)
         out: dict[str, Any] = {"versions": page}
         if token:
             out["nextToken"] = token
