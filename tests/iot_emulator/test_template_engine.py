@@ -489,3 +489,36 @@ def test_same_certificate_twice_is_reused_not_duplicated(backend: IotBackend, ca
     second = provision(backend, template, {"N": "d", "Pem": pem})
     assert first.resource_arns == second.resource_arns
     assert len(backend.list_certificates()["certificates"]) == 1
+
+
+def test_fleet_style_template_uses_the_callers_certificate(backend: IotBackend) -> None:
+    issued = backend.create_certificate_from_csr(
+        certificateSigningRequest=csr_pem()
+    )  # INACTIVE, like MQTT-made
+    template = compile_template(
+        body(
+            {
+                "thing": thing({"Fn::Join": ["", ["fleet_", {"Ref": "SerialNumber"}]]}),
+                "certificate": {
+                    "Type": "AWS::IoT::Certificate",
+                    "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "Active"},
+                },
+            },
+            {"SerialNumber": STRING, "Location": STRING},
+            Mappings={"Urls": {"Seattle": {"Url": "https://example.aws"}}},
+            DeviceConfiguration={"LocationUrl": {"Fn::FindInMap": ["Urls", {"Ref": "Location"}, "Url"]}},
+        )
+    )
+    result = provision(
+        backend,
+        template,
+        {"SerialNumber": "42", "Location": "Seattle"},
+        certificate_pem=issued["certificatePem"],
+    )
+    assert result.certificate_id == issued["certificateId"]
+    assert result.device_configuration == {"LocationUrl": "https://example.aws"}
+    description = backend.describe_certificate(certificateId=issued["certificateId"])[
+        "certificateDescription"
+    ]
+    assert description["status"] == "ACTIVE"
+    assert backend.list_thing_principals(thingName="fleet_42")["principals"] == [issued["certificateArn"]]
