@@ -370,9 +370,6 @@ def _request_handler(verbose: bool) -> type:
     from moto.moto_server.werkzeug_app import MotoRequestHandler
 
     class Handler(MotoRequestHandler):
-        # Keep-alive: boto3 reuses connections, which matters for per-request overhead.
-        protocol_version = "HTTP/1.1"
-
         def log_request(self, code: Any = "-", size: Any = "-") -> None:
             if verbose:
                 super().log_request(code, size)
