@@ -54,7 +54,7 @@ class ProvisioningMixin:
         enabled: bool | None = None,
         preProvisioningHook: dict[str, Any] | None = None,
         tags: list[dict[str, str]] | None = None,
-        type: str | None = None,  # noqa: A002 - botocore's member name
+        type: str | None = None,  # botocore's member name shadows the builtin here
     ) -> dict[str, Any]:
         template_type = type or "FLEET_PROVISIONING"
         if template_type not in TEMPLATE_TYPES:

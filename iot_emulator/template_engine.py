@@ -581,7 +581,6 @@ class _Registration:
         self.cert_pem: str | None = None
         self.cert_id: str | None = None
         self.cert_arn: str | None = None
-        self.cert_existing: dict[str, Any] | None = None
         self._pseudo: dict[str, str] | None = None
         self.ctx = template.line_context(parameters, self.pseudo)
 
