@@ -1,0 +1,56 @@
+"""Deferrable trigger that waits for an AWS IoT thing registration task to end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.providers.amazon.aws.triggers.base import AwsBaseWaiterTrigger
+
+from plugins.iot_provisioning.hooks import IotHook
+
+# One JMESPath multi-select so each poll logs a readable line such as
+# "{'status': 'InProgress', 'percentageProgress': 40, 'successCount': 400, 'failureCount': 2}".
+PROGRESS_QUERY = (
+    "{status: status, percentageProgress: percentageProgress, successCount: successCount, "
+    "failureCount: failureCount}"
+)
+
+
+class ThingRegistrationTaskTrigger(AwsBaseWaiterTrigger):
+    """
+    Poll DescribeThingRegistrationTask until the task is Completed, Failed or Cancelled.
+
+    Yields exactly one event: ``{"status": "success", "task_id": ...}`` on Completed, or
+    ``{"status": "error", "message": ..., "task_id": ...}`` (AWS's message included) otherwise.
+
+    :param task_id: the registration task to watch.
+    :param waiter_delay: seconds between polls.
+    :param waiter_max_attempts: polls before giving up.
+    :param aws_conn_id: the Airflow connection used for AWS credentials.
+    """
+
+    aws_hook_class = IotHook
+
+    def __init__(
+        self,
+        *,
+        task_id: str,
+        waiter_delay: int = 10,
+        waiter_max_attempts: int = 8640,
+        aws_conn_id: str | None = "aws_default",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            serialized_fields={"task_id": task_id},
+            waiter_name="thing_registration_task_complete",
+            waiter_args={"taskId": task_id},
+            failure_message=f"Thing registration task {task_id} did not complete",
+            status_message=f"Thing registration task {task_id}",
+            status_queries=[PROGRESS_QUERY, "message"],
+            return_key="task_id",
+            return_value=task_id,
+            waiter_delay=waiter_delay,
+            waiter_max_attempts=waiter_max_attempts,
+            aws_conn_id=aws_conn_id,
+            **kwargs,
+        )
