@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 
 from iot_emulator import wire
 
-NO_RETRIES = Config(retries={"max_attempts": 1, "mode": "standard"})
+NO_RETRIES = Config(retries={"total_max_attempts": 1, "mode": "standard"})
 SCOPE = (
     "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/iot/aws4_request, SignedHeaders=host, Signature=0"
 )
