@@ -245,7 +245,7 @@ def test_describe_unknown_or_malformed_certificate(iot: Any) -> None:
     with pytest.raises(iot.exceptions.ResourceNotFoundException):
         iot.describe_certificate(certificateId="ef" * 32)
     with pytest.raises(iot.exceptions.InvalidRequestException):
-        iot.describe_certificate(certificateId="not-hex")
+        iot.describe_certificate(certificateId="zz" * 32)  # right length, not hex
 
 
 def test_update_certificate_transitions(iot: Any) -> None:
