@@ -136,7 +136,11 @@ def save_sqs(state_dir: Path, account_id: str) -> None:
     queues = []
     for region, backend in list(sqs_backends.get(account_id, {}).items()):
         for name, queue in list(backend.queues.items()):
-            attributes = {k: str(v) for k, v in queue.attributes.items() if k in _SETTABLE_QUEUE_ATTRIBUTES}
+            attributes = {
+                k: json.dumps(v) if isinstance(v, dict) else str(v)
+                for k, v in queue.attributes.items()
+                if k in _SETTABLE_QUEUE_ATTRIBUTES and v not in (None, "", {})
+            }
             messages = [m.body for m in list(queue._messages)]
             queues.append({"region": region, "name": name, "attributes": attributes, "messages": messages})
     atomic_write(state_dir / SQS_FILE, json.dumps(queues).encode())
