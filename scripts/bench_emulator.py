@@ -117,11 +117,11 @@ def engine_cost(backend: Any, data: bytes, sample: int = 2000) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=100_000)
+    parser.add_argument("--state-dir", help="persist the emulator's state there (measures checkpoint cost)")
     args = parser.parse_args()
 
-    from iot_emulator.server import EmulatorServer
-
     from iot_emulator.backend import IotBackend
+    from iot_emulator.server import EmulatorServer
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = _certificate(
@@ -134,7 +134,7 @@ def main() -> None:
         f"in {time.perf_counter() - started:.1f} s"
     )
 
-    server = EmulatorServer("127.0.0.1", port=0).start()
+    server = EmulatorServer("127.0.0.1", port=0, state_dir=args.state_dir).start()
     try:
         session = boto3.session.Session(
             aws_access_key_id="testing",
