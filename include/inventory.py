@@ -6,7 +6,6 @@ SQLite by default, PostgreSQL by URL; every write is an upsert, so re-running a 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -115,9 +114,24 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-@functools.lru_cache(maxsize=8)
+_engines: dict[str, Engine] = {}
+
+
 def engine_for(url: str) -> Engine:
     """One engine per URL per process; tables created on first use (idempotent on both dialects)."""
+    engine = _engines.get(url)
+    if engine is None:
+        engine = _engines[url] = _create_engine(url)
+    return engine
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection and forget the engines (tests; processes about to fork)."""
+    while _engines:
+        _engines.popitem()[1].dispose()
+
+
+def _create_engine(url: str) -> Engine:
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":

@@ -1,0 +1,147 @@
+"""The domain stages end to end against the emulator over HTTP: nothing lost, idempotent, no key leaks."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from include import pipeline
+from include.certificate_authority import CertificateAuthority
+from include.errors import PreflightError
+from include.key_bundle import open_bundle
+from tests.include.flow import SAMPLE, make_settings, prepare_account, run_flow
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def ca() -> CertificateAuthority:
+    return CertificateAuthority.create_development()
+
+
+def _all_objects(s3, bucket: str, prefix: str) -> dict[str, bytes]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {
+        o["Key"]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+        for page in pages
+        for o in page.get("Contents", [])
+    }
+
+
+def _dump_inventory(url: str) -> str:
+    engine = sa.create_engine(url)
+    metadata = sa.MetaData()
+    metadata.reflect(engine)
+    with engine.connect() as connection:
+        text = "\n".join(repr(list(connection.execute(sa.select(table)))) for table in metadata.sorted_tables)
+    engine.dispose()
+    return text
+
+
+def test_sample_manifest_twice(fresh_emulator, iot_client, s3_client, tmp_path, inventory_url, ca):
+    settings, line_key = make_settings(tmp_path, inventory_url)
+    prepare_account(iot_client, s3_client, settings, ca)
+
+    first = run_flow(iot_client, s3_client, settings, ca, str(SAMPLE), "manual__first")
+    assert first["accounted"]
+    assert first["rows"] == 1000
+    assert first["quarantined"] == 16 and len(first["reasons"]) == 16
+    assert first["provisioned"] == 984 and first["failed"] == 0 and first["skipped"] == 0
+    assert sum(first[o] for o in ("provisioned", "failed", "quarantined", "skipped")) == first["rows"]
+    things = iot_client.get_paginator("list_things").paginate().build_full_result()["things"]
+    assert len(things) == 984
+    certificates = (
+        iot_client.get_paginator("list_certificates").paginate().build_full_result()["certificates"]
+    )
+    assert len(certificates) == 984
+
+    # Ledger both ways: a row's certificate id in the inventory is the one AWS holds for its thing.
+    batch = first["_batch"]
+    objects = _all_objects(s3_client, settings.bucket, batch["work_prefix"])
+    ledger = [json.loads(line) for line in objects[f"{batch['run_prefix']}ledger.jsonl"].splitlines()]
+    entry = next(e for e in ledger if e["model"] == "GW-200")
+    principals = iot_client.list_thing_principals(thingName=entry["thing_name"])["principals"]
+    assert principals == [f"arn:aws:iot:us-east-1:123456789012:cert/{entry['certificate_id']}"]
+
+    # The factory line opens every bundle; together they hold one key per TH-100 device, none for GW-200.
+    bundles = [k for k in objects if k.endswith(".fkb")]
+    assert bundles == first["files"]["bundles"]
+    records = [r for k in bundles for r in open_bundle(objects[k], line_key.read_bytes())]
+    assert len(records) == sum(1 for e in ledger if e["model"] == "TH-100")
+    assert {r["certificate_id"] for r in records} <= {e["certificate_id"] for e in ledger}
+
+    # No private key anywhere but inside the encrypted bundles.
+    for key, data in objects.items():
+        if not key.endswith(".fkb"):
+            assert b"PRIVATE KEY" not in data, key
+    assert "PRIVATE KEY" not in _dump_inventory(inventory_url)
+    assert "PRIVATE KEY" not in json.dumps(first, default=str)
+
+    second = run_flow(iot_client, s3_client, settings, ca, str(SAMPLE), "manual__second")
+    assert second["accounted"]
+    assert second["skipped"] == 984 and second["provisioned"] == 0 and second["quarantined"] == 16
+    assert second["registration_tasks"] == []
+    assert len(iot_client.get_paginator("list_things").paginate().build_full_result()["things"]) == 984
+    assert len(iot_client.list_thing_registration_tasks()["taskIds"]) == 2  # one per group, first run only
+
+
+def test_failed_lines_are_kept_with_aws_error_and_retry_manifest(
+    fresh_emulator, iot_client, s3_client, tmp_path, inventory_url, ca
+):
+    settings, _ = make_settings(tmp_path, inventory_url)
+    prepare_account(iot_client, s3_client, settings, ca)
+    manifest = tmp_path / "small.csv"
+    manifest.write_text(
+        "serial_number,model,factory\nA1,TH-100,SZX-1\nA2,TH-100,SZX-1\nA3,TH-100,SZX-1\n", encoding="utf-8"
+    )
+    fresh_emulator.faults.update({"fail_lines": [2]})
+    summary = run_flow(iot_client, s3_client, settings, ca, str(manifest), "manual__faults")
+    fresh_emulator.faults.reset()
+    assert (summary["provisioned"], summary["failed"], summary["accounted"]) == (2, 1, True)
+    assert len(summary["errors"]) == 1
+    failed = s3_client.get_object(Bucket=settings.bucket, Key=summary["files"]["failed"])["Body"].read()
+    rows = list(csv.reader(io.StringIO(failed.decode())))
+    assert rows == [["serial_number", "model", "factory"], ["A2", "TH-100", "SZX-1"]]
+
+    # The retry manifest goes through on its own: the failed device is provisioned, nothing else is touched.
+    retry = tmp_path / "retry.csv"
+    retry.write_bytes(failed)
+    again = run_flow(iot_client, s3_client, settings, ca, str(retry), "manual__retry")
+    assert (again["rows"], again["provisioned"], again["failed"]) == (1, 1, 0)
+
+
+def test_preflight_lists_every_missing_prerequisite(fresh_emulator, iot_client, s3_client, tmp_path, ca):
+    settings, _ = make_settings(tmp_path, f"sqlite:///{tmp_path / 'inv.db'}")
+    prepare_account(iot_client, s3_client, settings, ca, skip={"Gateway", "gateways", "FactoryDevicePolicy"})
+    batch = pipeline.intake(s3_client, settings, str(SAMPLE), run_id="manual__pf")
+    pipeline.validate(s3_client, settings, batch)
+    with pytest.raises(PreflightError) as raised:
+        pipeline.preflight(s3_client, iot_client, settings, batch, ca_certificate_pem=ca.certificate_pem)
+    message = str(raised.value)
+    assert "thing type Gateway (product GW-200) does not exist" in message
+    assert "thing group gateways (product GW-200) does not exist" in message
+    assert "policy FactoryDevicePolicy (product TH-100) does not exist" in message
+    assert len(raised.value.problems) == 3
+    other = CertificateAuthority.create_development("Another CA")
+    with pytest.raises(PreflightError, match="is not registered in AWS IoT"):
+        pipeline.preflight(s3_client, iot_client, settings, batch, ca_certificate_pem=other.certificate_pem)
+    report = s3_client.get_object(Bucket=settings.bucket, Key=f"{batch['run_prefix']}preflight.json")
+    assert json.loads(report["Body"].read())["problems"]
+
+
+def test_dry_run_stops_after_preflight_and_still_accounts(
+    fresh_emulator, iot_client, s3_client, tmp_path, ca
+):
+    settings, _ = make_settings(tmp_path, f"sqlite:///{tmp_path / 'inv.db'}")
+    prepare_account(iot_client, s3_client, settings, ca)
+    summary = run_flow(
+        iot_client, s3_client, settings, ca, str(SAMPLE), "manual__dry", dry_run=True, max_devices=100
+    )
+    assert summary["dry_run"] and summary["accounted"]
+    assert summary["planned"] == 100 and summary["reasons"]["over_max_devices"] == 884
+    assert summary["provisioned"] == 0
+    assert iot_client.list_things()["things"] == []
