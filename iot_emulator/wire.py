@@ -217,11 +217,26 @@ def _validation_error(problems: list[str]) -> IotError:
     return IotError("InvalidRequestException", f"{count} validation {noun} detected: " + "; ".join(problems))
 
 
+# Java's \p{...} classes used by the IoT model, as ranges Python's re accepts inside [...].
+_JAVA_CLASSES = {
+    r"\p{C}": r"\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ue000-\uf8ff",
+    r"\p{Cntrl}": r"\x00-\x1f\x7f",
+    r"\p{Graph}": r"\x21-\x7e",
+    r"\p{Upper}": "A-Z",
+    r"\p{Digit}": "0-9",
+    r"\p{L}": r"\w",
+    r"\p{N}": r"\w",
+    r"\p{Z}": r"\u0020\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000",
+}
+
+
 @lru_cache(maxsize=2048)
 def _pattern(pattern: str) -> re.Pattern[str] | None:
+    for java, python in _JAVA_CLASSES.items():
+        pattern = pattern.replace(java, python)
     try:
         return re.compile(pattern)
-    except re.error:  # a Java-only construct: such members are not pattern-checked
+    except re.error:  # another Java-only construct: such members are not pattern-checked
         return None
 
 
