@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -185,7 +185,7 @@ class StartThingRegistrationTaskOperator(AwsBaseOperator[IotHook]):
     def _result(self, state: dict[str, Any]) -> dict[str, Any]:
         return {**state, "group": self._group_name, "registration_group": dict(self.registration_group)}
 
-    def _start(self, *, role_arn: str, sleep: Callable[[float], None] = time.sleep) -> str:
+    def _start(self, *, role_arn: str) -> str:
         """StartThingRegistrationTask with a bounded backoff on throttling and the one-task limit."""
         group = self.registration_group
         template_body = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).read_key(
@@ -211,5 +211,5 @@ class StartThingRegistrationTaskOperator(AwsBaseOperator[IotHook]):
                     len(delays) + 1,
                     delays[attempt],
                 )
-                sleep(delays[attempt])
+                time.sleep(delays[attempt])
         raise AssertionError("unreachable")  # the loop returns or raises

@@ -1,0 +1,5 @@
+"""Plugin tests reuse the Airflow fixtures of the DAG tests (connection pointing at the emulator)."""
+
+from __future__ import annotations
+
+from tests.dags.airflow_support import airflow_db, aws_connection_env, factory_ca_env  # noqa: F401
