@@ -99,7 +99,7 @@ def test_inbox_dags(dagbag):
     watchers = FACTORY_INBOX.watchers
     assert [type(w.trigger).__name__ for w in watchers] == ["SqsSensorTrigger"]
     scan = dagbag.dags["scan_factory_inbox"]
-    assert scan.timetable.summary
+    assert type(scan.timetable).__name__ == "DeltaTriggerTimetable"
     for dag in (event_dag, scan):
         trigger = dag.get_task("start_provisioning_runs.start_provisioning_run")
         assert trigger.partial_kwargs["trigger_dag_id"] == "provision_factory_batch"

@@ -1,4 +1,4 @@
-"""IotHook: request builders without AWS, the waiter JSON with canned responses, paging against the emulator."""
+"""IotHook: request builders without AWS, the waiter JSON with canned responses, paging on the emulator."""
 
 from __future__ import annotations
 
