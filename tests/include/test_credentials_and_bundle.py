@@ -1,0 +1,124 @@
+"""Credentials per chunk (inline and on the process pool) and the encrypted key bundle."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from include import key_bundle
+from include.certificate_authority import CertificateAuthority, certificate_id
+from include.credentials import DeviceRequest, issue_credentials
+from include.errors import KeyBundleError
+from scripts.generate_manifest import device_csr
+
+
+@pytest.fixture(scope="module")
+def ca() -> CertificateAuthority:
+    return CertificateAuthority.create_development()
+
+
+def _requests(count: int) -> list[DeviceRequest]:
+    return [
+        DeviceRequest(f"GW-200-G{i}", f"G{i}", "ec-p256", device_csr(f"G{i}"))
+        if i % 10 == 0
+        else DeviceRequest(f"TH-100-T{i}", f"T{i}", "ec-p256")
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_credentials_in_order_keys_match_certificates(ca, workers):
+    requests = _requests(600)
+    issued = list(issue_credentials(requests, ca.certificate_pem, ca.private_key_pem(), workers=workers))
+    assert len(issued) == len(requests)
+    for request, credential in zip(requests, issued, strict=True):
+        cert = x509.load_pem_x509_certificate(credential.certificate_pem.encode())
+        assert (
+            cert.subject.rfc4514_string().startswith(f"CN={request.thing_name}")
+            or request.thing_name in cert.subject.rfc4514_string()
+        )
+        assert credential.certificate_id == certificate_id(cert)
+        if request.csr:
+            assert credential.private_key_pem is None
+        else:
+            key = serialization.load_pem_private_key(credential.private_key_pem.encode(), None)
+            assert key.public_key() == cert.public_key()
+            assert credential.private_key_pem.startswith("-----BEGIN PRIVATE KEY-----")  # PKCS8, unencrypted
+        assert "PRIVATE" not in repr(credential)
+
+
+def test_rsa_product_keys(ca):
+    (credential,) = issue_credentials(
+        [DeviceRequest("X-1", "1", "rsa-2048")], ca.certificate_pem, ca.private_key_pem()
+    )
+    key = serialization.load_pem_private_key(credential.private_key_pem.encode(), None)
+    assert key.key_size == 2048
+
+
+@pytest.mark.parametrize("rsa", [False, True])
+def test_bundle_round_trip(tmp_path, rsa):
+    private_path, public_path = key_bundle.generate_recipient(tmp_path / "line", use_rsa=rsa)
+    assert stat.S_IMODE(os.stat(private_path).st_mode) == 0o600
+    records = [
+        {
+            "thing_name": f"TH-100-{i}",
+            "serial_number": str(i),
+            "model": "TH-100",
+            "row": i,
+            "certificate_id": "c" * 64,
+            "certificate_pem": "CERT",
+            "private_key_pem": f"KEY{i}",
+        }
+        for i in range(3)
+    ]
+    sealed = key_bundle.seal(records, public_path.read_bytes(), batch_id="b" * 64, chunk=7)
+    assert b"KEY1" not in sealed
+    header = key_bundle.read_header(sealed)
+    assert (header["count"], header["chunk"], header["cipher"]) == (3, 7, "AES-256-GCM")
+    assert header["wrap"]["alg"] == ("RSA-OAEP-SHA256" if rsa else "ECDH-P256-HKDF-SHA256-A256GCM")
+    assert list(key_bundle.open_bundle(sealed, private_path.read_bytes())) == records
+
+    out = tmp_path / "opened"
+    bundle_path = tmp_path / "chunk.fkb"
+    bundle_path.write_bytes(sealed)
+    assert key_bundle.main(["open", str(bundle_path), "--key", str(private_path), "--out", str(out)]) == 0
+    assert (out / "TH-100-1.key.pem").read_text() == "KEY1"
+    assert stat.S_IMODE(os.stat(out / "TH-100-1.key.pem").st_mode) == 0o600
+    assert (out / "index.csv").read_text().count("\n") == 4
+
+
+def test_bundle_refuses_wrong_key_and_tampering(tmp_path):
+    _, public_path = key_bundle.generate_recipient(tmp_path / "line")
+    other_private, _ = key_bundle.generate_recipient(tmp_path / "other")
+    sealed = key_bundle.seal([{"private_key_pem": "K"}], public_path.read_bytes(), batch_id="b", chunk=0)
+    with pytest.raises(KeyBundleError, match="another factory-line key"):
+        list(key_bundle.open_bundle(sealed, other_private.read_bytes()))
+    own_private = tmp_path / "line" / "recipient.key.pem"
+    flipped = bytearray(sealed)
+    flipped[-1] ^= 1
+    with pytest.raises(KeyBundleError, match="damaged or was altered"):
+        list(key_bundle.open_bundle(bytes(flipped), own_private.read_bytes()))
+    header_changed = sealed.replace(b'"count": 1', b'"count": 2')
+    with pytest.raises(KeyBundleError, match="damaged or was altered"):
+        list(key_bundle.open_bundle(header_changed, own_private.read_bytes()))
+    with pytest.raises(KeyBundleError, match="magic"):
+        key_bundle.read_header(b"PK\x03\x04")
+    bundle_path = tmp_path / "x.fkb"
+    bundle_path.write_bytes(sealed)
+    code = key_bundle.main(
+        ["open", str(bundle_path), "--key", str(other_private), "--out", str(tmp_path / "o")]
+    )
+    assert code == 1
+
+
+def test_weak_recipients_are_refused(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1()).public_key()
+    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    with pytest.raises(KeyBundleError, match="RSA"):
+        key_bundle.seal([], pem, batch_id="b", chunk=0)
