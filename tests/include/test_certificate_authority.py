@@ -1,4 +1,4 @@
-"""The factory CA: issued certificates' fields and extensions, CSR checks, loading errors that keep secrets."""
+"""The factory CA: issued certificates' fields and extensions, CSR checks, errors that keep secrets."""
 
 from __future__ import annotations
 
