@@ -152,3 +152,27 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path: Path) -> None:
     atomic_write(target, b"two")
     assert target.read_bytes() == b"two"
     assert [p.name for p in target.parent.iterdir()] == ["state.bin"]
+
+
+def test_bucket_notifications_survive_a_restart(servers: Any) -> None:
+    first = servers()
+    sqs, s3 = client(first, "sqs"), client(first, "s3")
+    queue_url = sqs.create_queue(QueueName="kept-events")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    s3.create_bucket(Bucket="kept-inbox")
+    s3.put_bucket_notification_configuration(
+        Bucket="kept-inbox",
+        NotificationConfiguration={
+            "QueueConfigurations": [{"QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"]}]
+        },
+    )
+    sqs.purge_queue(QueueUrl=queue_url)
+
+    second = servers()
+    sqs, s3 = client(second, "sqs"), client(second, "s3")
+    s3.put_object(Bucket="kept-inbox", Key="after-restart.csv", Body=b"x")
+    queue_url = sqs.get_queue_url(QueueName="kept-events")["QueueUrl"]
+    bodies = [json.loads(m["Body"]) for m in sqs.receive_message(QueueUrl=queue_url)["Messages"]]
+    assert [r["s3"]["object"]["key"] for b in bodies for r in b.get("Records", [])] == ["after-restart.csv"]

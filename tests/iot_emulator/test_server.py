@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import unquote_plus
 
 import pytest
 from botocore.exceptions import ClientError
@@ -133,3 +134,32 @@ def test_unknown_admin_route_is_404(emulator):
     with pytest.raises(urllib.error.HTTPError) as error:
         _get(emulator.endpoint_url + "/_emulator/nope")
     assert error.value.code == 404
+
+
+def test_s3_object_created_notifications_reach_sqs(fresh_emulator, aws_client):
+    sqs, s3 = aws_client("sqs"), aws_client("s3")
+    queue_url = sqs.create_queue(QueueName="manifest-events")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    s3.create_bucket(Bucket="factory-inbox")
+    s3.put_bucket_notification_configuration(
+        Bucket="factory-inbox",
+        NotificationConfiguration={
+            "QueueConfigurations": [
+                {
+                    "QueueArn": queue_arn,
+                    "Events": ["s3:ObjectCreated:*"],
+                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "inbox/"}]}},
+                }
+            ]
+        },
+    )
+    sqs.purge_queue(QueueUrl=queue_url)  # drop the s3:TestEvent
+    s3.put_object(Bucket="factory-inbox", Key="inbox/batch-1.csv", Body=b"serial_number,model\n")
+    s3.put_object(Bucket="factory-inbox", Key="elsewhere/ignored.csv", Body=b"x")
+    messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
+    records = [r for m in messages for r in json.loads(m["Body"]).get("Records", [])]
+    # Event keys are URL-encoded (moto also encodes "/"): consumers must unquote_plus them, as on AWS.
+    keys = [unquote_plus(r["s3"]["object"]["key"]) for r in records]
+    assert keys == ["inbox/batch-1.csv"]
