@@ -1,0 +1,308 @@
+"""Prepare an account for the pipeline, idempotently: what a real AWS account would already have.
+
+Creates (or finds) the bucket, the inbox notifications (S3 ObjectCreated under the inbox prefix -> SQS
+queue), a development factory CA (files under $STATE_DIR/ca/, never in the repository) registered in
+AWS IoT with its verification certificate, the thing types, thing groups and policies the product
+catalog uses, one provisioning template per product, the factory line's bundle key pair under
+$STATE_DIR/factory-line/, and (with --airflow-pool) the Airflow pool that serialises registration tasks.
+
+Works against any endpoint: `--endpoint-url` (or AWS_ENDPOINT_URL) for the emulator, nothing for AWS.
+Prints one JSON object describing what it found or made (no key material).
+
+    python -m scripts.bootstrap [--endpoint-url URL] [--state-dir DIR] [--airflow-pool]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+from include.catalog import Catalog, load_catalog
+from include.certificate_authority import CertificateAuthority, certificate_id_from_pem
+from include.key_bundle import generate_recipient
+from include.settings import Settings, state_dir
+from include.templates import render_template
+
+INBOX_QUEUE = "factory-provisioning-inbox"
+REGISTRATION_POOL = "iot_bulk_registration"
+CA_CERTIFICATE_FILE = "factory-ca.pem"
+CA_KEY_FILE = "factory-ca.key.pem"
+
+# Devices connect as their thing and talk only on their own topics.
+DEVICE_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Action": "iot:Connect",
+            "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}",
+        },
+        {
+            "Effect": "Allow",
+            "Action": ["iot:Publish", "iot:Receive"],
+            "Resource": "arn:aws:iot:*:*:topic/devices/${iot:Connection.Thing.ThingName}/*",
+        },
+        {
+            "Effect": "Allow",
+            "Action": "iot:Subscribe",
+            "Resource": "arn:aws:iot:*:*:topicfilter/devices/${iot:Connection.Thing.ThingName}/*",
+        },
+    ],
+}
+
+
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _ensure(describe: Any, create: Any) -> bool:
+    """Create a resource unless describing it succeeds; True when it was created (idempotent re-runs)."""
+    try:
+        describe()
+        return False
+    except ClientError as error:
+        if _code(error) != "ResourceNotFoundException":
+            raise
+    try:
+        create()
+    except ClientError as error:
+        if _code(error) == "ResourceAlreadyExistsException":  # made by someone else meanwhile
+            return False
+        raise
+    return True
+
+
+def ensure_bucket(s3: Any, bucket: str, region: str) -> bool:
+    try:
+        s3.head_bucket(Bucket=bucket)
+        return False
+    except ClientError as error:
+        if _code(error) not in ("404", "NoSuchBucket", "NotFound"):
+            raise
+    kwargs: dict[str, Any] = {"Bucket": bucket}
+    if region != "us-east-1":
+        kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+    s3.create_bucket(**kwargs)
+    return True
+
+
+def ensure_inbox_notifications(s3: Any, sqs: Any, bucket: str, prefix: str) -> str:
+    """SQS queue receiving ObjectCreated events for CSV manifests under the inbox prefix; returns its URL."""
+    queue_url = sqs.create_queue(QueueName=INBOX_QUEUE)["QueueUrl"]  # idempotent with equal attributes
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "s3.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": {"ArnLike": {"aws:SourceArn": f"arn:aws:s3:::{bucket}"}},
+            }
+        ],
+    }
+    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": json.dumps(policy)})
+    configuration = s3.get_bucket_notification_configuration(Bucket=bucket)
+    queues = [q for q in configuration.get("QueueConfigurations", []) if q.get("Id") != "factory-inbox"]
+    queues.append(
+        {
+            "Id": "factory-inbox",
+            "QueueArn": queue_arn,
+            "Events": ["s3:ObjectCreated:*"],
+            "Filter": {
+                "Key": {
+                    "FilterRules": [{"Name": "prefix", "Value": prefix}, {"Name": "suffix", "Value": ".csv"}]
+                }
+            },
+        }
+    )
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket,
+        NotificationConfiguration={
+            **{k: v for k, v in configuration.items() if k.endswith("Configurations")},
+            "QueueConfigurations": queues,
+        },
+    )
+    return queue_url
+
+
+def ensure_development_ca(directory: Path) -> tuple[str, str, bool]:
+    """(certificate PEM, key PEM, created) of the development CA kept under $STATE_DIR/ca/ (key mode 0600)."""
+    certificate_path, key_path = directory / CA_CERTIFICATE_FILE, directory / CA_KEY_FILE
+    if certificate_path.exists() and key_path.exists():
+        return certificate_path.read_text(), key_path.read_text(), False
+    directory.mkdir(parents=True, exist_ok=True)
+    authority = CertificateAuthority.create_development()
+    certificate_pem, key_pem = authority.certificate_pem, authority.private_key_pem()
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key_pem)
+    certificate_path.write_text(certificate_pem)  # written last: both files present means both complete
+    return certificate_pem, key_pem, True
+
+
+def ensure_ca_registered(iot: Any, certificate_pem: str, key_pem: str) -> dict[str, Any]:
+    """Register the CA with a verification certificate (CN = registration code), ACTIVE; idempotent."""
+    ca_id = certificate_id_from_pem(certificate_pem)
+    try:
+        description = iot.describe_ca_certificate(certificateId=ca_id)["certificateDescription"]
+    except ClientError as error:
+        if _code(error) != "ResourceNotFoundException":
+            raise
+    else:
+        if description["status"] != "ACTIVE":
+            iot.update_ca_certificate(certificateId=ca_id, newStatus="ACTIVE")
+        return {"certificate_id": ca_id, "created": False}
+    code = iot.get_registration_code()["registrationCode"]
+    verification = CertificateAuthority.from_pem(certificate_pem, key_pem).issue_verification_certificate(
+        code
+    )
+    response = iot.register_ca_certificate(
+        caCertificate=certificate_pem,
+        verificationCertificate=verification,
+        setAsActive=True,
+        allowAutoRegistration=False,
+        tags=[{"Key": "purpose", "Value": "factory-development-ca"}],
+    )
+    return {"certificate_id": response["certificateId"], "created": True}
+
+
+def ensure_catalog_resources(iot: Any, catalog: Catalog) -> dict[str, list[str]]:
+    """Thing types, thing groups and policies every catalog product names; returns the ones created."""
+    created: dict[str, list[str]] = {"thing_types": [], "thing_groups": [], "policies": []}
+    thing_types = sorted({p.thing_type for p in catalog.products.values() if p.thing_type})
+    groups = sorted({g for p in catalog.products.values() for g in p.thing_groups})
+    policies = sorted({p.policy for p in catalog.products.values()})
+    for name in thing_types:
+        if _ensure(
+            lambda name=name: iot.describe_thing_type(thingTypeName=name),
+            lambda name=name: iot.create_thing_type(
+                thingTypeName=name,
+                thingTypeProperties={"thingTypeDescription": f"Factory product type {name}"},
+            ),
+        ):
+            created["thing_types"].append(name)
+    for name in groups:
+        if _ensure(
+            lambda name=name: iot.describe_thing_group(thingGroupName=name),
+            lambda name=name: iot.create_thing_group(thingGroupName=name),
+        ):
+            created["thing_groups"].append(name)
+    for name in policies:
+        if _ensure(
+            lambda name=name: iot.get_policy(policyName=name),
+            lambda name=name: iot.create_policy(policyName=name, policyDocument=json.dumps(DEVICE_POLICY)),
+        ):
+            created["policies"].append(name)
+    return created
+
+
+def ensure_provisioning_templates(
+    iot: Any, catalog: Catalog, ca_certificate_pem: str, role_arn: str
+) -> list[str]:
+    """One provisioning template per product (the same body bulk registration uses); returns those created."""
+    created = []
+    for product in catalog.products.values():
+        name = f"factory-{product.model}"
+        body = render_template(product, ca_certificate_pem)
+        if _ensure(
+            lambda name=name: iot.describe_provisioning_template(templateName=name),
+            lambda name=name, body=body, model=product.model: iot.create_provisioning_template(
+                templateName=name,
+                description=f"Factory provisioning of {model}",
+                templateBody=body,
+                enabled=True,
+                provisioningRoleArn=role_arn,
+            ),
+        ):
+            created.append(name)
+    return created
+
+
+def ensure_factory_line_keys(directory: Path) -> bool:
+    """The factory line's key pair that opens the per-batch key bundles (private key stays on the line)."""
+    if (directory / "recipient.pub.pem").exists() and (directory / "recipient.key.pem").exists():
+        return False
+    generate_recipient(directory)
+    return True
+
+
+def ensure_airflow_pool(slots: int = 1) -> None:
+    """The pool every register task runs in: AWS runs one bulk registration task per account at a time."""
+    from airflow.models.pool import Pool
+
+    Pool.create_or_update_pool(
+        REGISTRATION_POOL,
+        slots=slots,
+        description="AWS IoT runs one bulk registration task per account at a time",
+        include_deferred=True,
+    )
+
+
+def bootstrap(
+    *,
+    endpoint_url: str | None,
+    local_state: Path,
+    settings: Settings,
+    region: str,
+    airflow_pool: bool = False,
+) -> dict[str, Any]:
+    session = boto3.session.Session(region_name=region)
+    s3, sqs, iot = (session.client(name, endpoint_url=endpoint_url) for name in ("s3", "sqs", "iot"))
+    catalog = load_catalog(settings.catalog_path)
+    report: dict[str, Any] = {
+        "bucket": settings.bucket,
+        "bucket_created": ensure_bucket(s3, settings.bucket, region),
+    }
+    report["inbox_queue_url"] = ensure_inbox_notifications(s3, sqs, settings.bucket, settings.inbox_prefix)
+    certificate_pem, key_pem, report["ca_created"] = ensure_development_ca(local_state / "ca")
+    report["ca_certificate"] = str(local_state / "ca" / CA_CERTIFICATE_FILE)
+    report["ca_key"] = str(local_state / "ca" / CA_KEY_FILE)
+    report["ca_registration"] = ensure_ca_registered(iot, certificate_pem, key_pem)
+    report["created"] = ensure_catalog_resources(iot, catalog)
+    report["created"]["provisioning_templates"] = ensure_provisioning_templates(
+        iot, catalog, certificate_pem, settings.registration_role_arn
+    )
+    report["factory_line_keys_created"] = ensure_factory_line_keys(local_state / "factory-line")
+    report["factory_line_public_key"] = str(local_state / "factory-line" / "recipient.pub.pem")
+    if airflow_pool:
+        ensure_airflow_pool()
+        report["airflow_pool"] = REGISTRATION_POOL
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"))
+    parser.add_argument("--state-dir", type=Path, default=None, help="default: $STATE_DIR or .local/")
+    parser.add_argument("--region", default=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+    parser.add_argument("--airflow-pool", action="store_true", help="also create the Airflow pool")
+    args = parser.parse_args(argv)
+    local_state = args.state_dir or state_dir()
+    try:
+        report = bootstrap(
+            endpoint_url=args.endpoint_url,
+            local_state=local_state,
+            settings=Settings.from_env(),
+            region=args.region,
+            airflow_pool=args.airflow_pool,
+        )
+    except ClientError as error:
+        print(f"bootstrap failed: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""`make run`: the whole pipeline on this machine, through Airflow, against the emulator; summary last.
+
+Starts the emulator in the background (state under $STATE_DIR/emulator), prepares Airflow
+($STATE_DIR/airflow: metadata DB, connections from environment variables), bootstraps the account
+(bucket, inbox notifications, development CA, thing types, groups, policies, templates, pool), runs
+`airflow dags test provision_factory_batch` on the manifest, prints progress, then the batch summary
+as ONE JSON object on the last line. The emulator is always stopped. Full logs: $STATE_DIR/logs/.
+
+    python -m scripts.run_local [--manifest PATH_OR_S3_URI] [--dry-run] [--timeout SECONDS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+DAG_ID = "provision_factory_batch"
+DEFAULT_MANIFEST = ROOT / "data" / "sample" / "manifest.csv"
+# Lines of `airflow dags test` worth showing while it runs (the rest goes to the log file).
+PROGRESS = re.compile(
+    r"\[DAG TEST\] end task|Thing registration task \S+: \{|Started registration task|Resuming"
+)
+
+
+class RunError(Exception):
+    """A step of the local run failed; the message says which and where its log is."""
+
+
+def say(message: str) -> None:
+    print(f"[run] {message}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RunError(f"the emulator exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 (our own loopback URL)
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RunError(f"the emulator did not answer {url} within {timeout:.0f} s")
+
+
+def stop_group(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """TERM the process group, then KILL it after a grace period."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def emulator(state_dir: Path, logs: Path) -> Iterator[str]:
+    """The emulator on a free loopback port, its state persisted under state_dir/emulator."""
+    port = free_port()
+    log_file = (logs / "emulator.log").open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "iot_emulator", "--host", "127.0.0.1", "--port", str(port)]
+        + ["--state-dir", str(state_dir / "emulator")],
+        cwd=ROOT,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(f"{endpoint}/_emulator/health", process)
+        say(f"emulator up at {endpoint} (state {state_dir / 'emulator'})")
+        yield endpoint
+    finally:
+        stop_group(process)
+        log_file.close()
+        say("emulator stopped")
+
+
+def airflow_env(state_dir: Path, endpoint: str) -> dict[str, str]:
+    """Environment of every Airflow command: own home, project folders, AWS connection on the emulator."""
+    aws = {
+        "conn_type": "aws",
+        "login": "testing",
+        "password": "testing",
+        "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+    }
+    return {
+        "STATE_DIR": str(state_dir),
+        "AIRFLOW_HOME": str(state_dir / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(aws),
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+
+
+def factory_ca_connection(certificate_path: Path, key_path: Path) -> str:
+    """AIRFLOW_CONN_FACTORY_CA: the key as the password, the certificate in the extra (never printed)."""
+    return json.dumps(
+        {
+            "conn_type": "generic",
+            "password": key_path.read_text(),
+            "extra": {"certificate_pem": certificate_path.read_text()},
+        }
+    )
+
+
+def run_step(name: str, command: list[str], env: dict[str, str], log_path: Path) -> str:
+    """Run a command to completion, its output in log_path; raise RunError naming the step on failure."""
+    with log_path.open("ab") as log_file:
+        completed = subprocess.run(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log_file, check=False
+        )
+        log_file.write(completed.stdout)
+    if completed.returncode != 0:
+        raise RunError(f"{name} failed (exit {completed.returncode}); see {log_path}")
+    return completed.stdout.decode(errors="replace")
+
+
+def run_dag(conf: dict[str, Any], env: dict[str, str], log_path: Path, timeout: int) -> None:
+    """`airflow dags test` (it ignores SIGTERM, hence timeout -k), progress lines echoed."""
+    command = ["timeout", "-k", "10", str(timeout), "airflow", "dags", "test", DAG_ID, "-c", json.dumps(conf)]
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert process.stdout is not None
+        for line in process.stdout:
+            log_file.write(line)
+            if PROGRESS.search(line):
+                say(line.strip()[-160:])
+        code = process.wait()
+    if code == 124 or code == 137:
+        raise RunError(f"the DAG run did not finish within {timeout} s; see {log_path}")
+    if code != 0:
+        raise RunError(f"the DAG run failed (exit {code}); see {log_path} (search for 'ERROR')")
+
+
+def latest_summary(task_id: str = "summarize") -> dict[str, Any]:
+    """A task's XCom (the summary; pre-flight's report for a dry run) of the DAG's newest run."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        run = session.scalars(
+            select(DagRun).where(DagRun.dag_id == DAG_ID).order_by(DagRun.id.desc()).limit(1)
+        ).first()
+        if run is None:
+            raise RunError("no DAG run was recorded")
+        row = session.scalars(
+            select(XComModel).where(
+                XComModel.dag_id == DAG_ID,
+                XComModel.run_id == run.run_id,
+                XComModel.task_id == task_id,
+                XComModel.key == "return_value",
+            )
+        ).first()
+        if row is None:
+            raise RunError(f"run {run.run_id} ended {run.state} without a {task_id} result")
+        return XComModel.deserialize_value(row)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--manifest", default=str(DEFAULT_MANIFEST), help="local path or s3:// URI")
+    parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds for the DAG run")
+    args = parser.parse_args(argv)
+
+    state_dir = Path(os.environ.get("STATE_DIR") or ROOT / ".local").resolve()
+    logs = state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    manifest = args.manifest if args.manifest.startswith("s3://") else str(Path(args.manifest).resolve())
+    if not manifest.startswith("s3://") and not Path(manifest).is_file():
+        print(f"[run] manifest not found: {manifest}", file=sys.stderr)
+        return 2
+
+    try:
+        with emulator(state_dir, logs) as endpoint:
+            env = {**os.environ, **airflow_env(state_dir, endpoint)}
+            os.environ.update(env)  # the summary is read from Airflow's DB in this process
+            say(f"Airflow home {env['AIRFLOW_HOME']}: migrating the metadata DB")
+            run_step("airflow db migrate", ["airflow", "db", "migrate"], env, logs / "airflow-db.log")
+            say("bootstrapping the account (bucket, inbox queue, CA, types, groups, policies, pool)")
+            report = json.loads(
+                run_step(
+                    "bootstrap",
+                    [sys.executable, "-m", "scripts.bootstrap", "--endpoint-url", endpoint, "--airflow-pool"],
+                    env,
+                    logs / "bootstrap.log",
+                )
+                .strip()
+                .splitlines()[-1]
+            )
+            env["AIRFLOW_CONN_FACTORY_CA"] = factory_ca_connection(
+                Path(report["ca_certificate"]), Path(report["ca_key"])
+            )
+            env["PIPELINE_INBOX_QUEUE_URL"] = report["inbox_queue_url"]
+            run_log = logs / f"dag-run-{time.strftime('%Y%m%dT%H%M%S')}.log"
+            say(f"running {DAG_ID} on {manifest} (log {run_log})")
+            run_dag({"manifest": manifest, "dry_run": args.dry_run}, env, run_log, args.timeout)
+            summary = latest_summary("preflight" if args.dry_run else "summarize")
+    except RunError as error:
+        print(f"[run] FAILED: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("[run] interrupted", file=sys.stderr)
+        return 130
+    print(json.dumps(summary, sort_keys=True, default=str), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
