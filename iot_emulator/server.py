@@ -146,10 +146,10 @@ class EmulatorServer:
 
     def stop(self) -> None:
         """Stop serving, stop bulk workers (tasks stay InProgress for a restart to resume) and save."""
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
+        if self._thread is not None:  # shutdown() would wait forever for a loop that never ran
+            self._server.shutdown()
             self._thread.join(5)
+        self._server.server_close()
         self._shutdown_state()
 
     def _shutdown_state(self) -> None:
