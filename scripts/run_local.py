@@ -30,10 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 DAG_ID = "provision_factory_batch"
 DEFAULT_MANIFEST = ROOT / "data" / "sample" / "manifest.csv"
-# Lines of `airflow dags test` worth showing while it runs (the rest goes to the log file).
-PROGRESS = re.compile(
-    r"\[DAG TEST\] end task|Thing registration task \S+: \{|Started registration task|Resuming"
-)
+# Lines of `airflow dags test` worth showing while it runs (everything goes to the log file).
+_TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\S+) map_index=(-?\d+)")
+_TASK_STATE = re.compile(r"new_state=(failed|up_for_retry)")
+_NOTE = re.compile(r"((?:Started|Resuming) registration task .*?\.|Thing registration task \S+: \{.*?\})")
+_RUN_END = re.compile(r"DagRun Finished: .*?state=(\w+)")
 
 
 class RunError(Exception):
@@ -149,6 +150,20 @@ def run_step(name: str, command: list[str], env: dict[str, str], log_path: Path)
     return completed.stdout.decode(errors="replace")
 
 
+def progress(line: str) -> str | None:
+    """A short progress note for a line of `airflow dags test` output, or None."""
+    if found := _TASK_END.search(line):
+        task, index = found.groups()
+        return f"task {task}{f'[{index}]' if index != '-1' else ''} done"
+    if found := _TASK_STATE.search(line):
+        return f"a task went {found.group(1)}"
+    if found := _NOTE.search(line):
+        return found.group(1)
+    if found := _RUN_END.search(line):
+        return f"DAG run finished: {found.group(1)}"
+    return None
+
+
 def run_dag(conf: dict[str, Any], env: dict[str, str], log_path: Path, timeout: int) -> None:
     """`airflow dags test` (it ignores SIGTERM, hence timeout -k), progress lines echoed."""
     command = ["timeout", "-k", "10", str(timeout), "airflow", "dags", "test", DAG_ID, "-c", json.dumps(conf)]
@@ -159,8 +174,9 @@ def run_dag(conf: dict[str, Any], env: dict[str, str], log_path: Path, timeout: 
         assert process.stdout is not None
         for line in process.stdout:
             log_file.write(line)
-            if PROGRESS.search(line):
-                say(line.strip()[-160:])
+            note = progress(line)
+            if note:
+                say(note)
         code = process.wait()
     if code == 124 or code == 137:
         raise RunError(f"the DAG run did not finish within {timeout} s; see {log_path}")
