@@ -200,9 +200,7 @@ class RegistryMixin:
         billingGroupName: str | None = None,
     ) -> dict[str, Any]:
         _check_name(thingName, "thingName")
-        attributes = {
-            k: v for k, v in _checked_attributes((attributePayload or {}).get("attributes")).items()
-        }
+        attributes = _checked_attributes((attributePayload or {}).get("attributes"))
         existing = self.things.get(thingName)
         if existing is not None:
             # CreateThing is idempotent for the same configuration.
