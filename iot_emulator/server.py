@@ -7,6 +7,7 @@ import logging
 import re
 import threading
 import uuid
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -64,28 +65,15 @@ def _respond(
     out = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
     if headers:
         out.extend(headers.items())
-    start_response(f"{status} {_REASONS.get(status, 'Status')}", out)
+    start_response(_status_line(status), out)
     return [body]
 
 
-_REASONS = {
-    200: "OK",
-    202: "Accepted",
-    204: "No Content",
-    400: "Bad Request",
-    401: "Unauthorized",
-    402: "Payment Required",
-    403: "Forbidden",
-    404: "Not Found",
-    406: "Not Acceptable",
-    409: "Conflict",
-    410: "Gone",
-    413: "Payload Too Large",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    501: "Not Implemented",
-    503: "Service Unavailable",
-}
+def _status_line(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:  # a status the standard library does not name
+        return f"{status} Status"
 
 
 def error_response(start_response: Any, error: IotError, request_id: str) -> list[bytes]:
@@ -192,10 +180,11 @@ class EmulatorServer:
 
     def _save(self) -> None:
         assert self.state_dir is not None and self._snapshot is not None
-        for backend in list(self._backends.values()):
-            save_iot_backend(self.state_dir, backend)
-        self._snapshot.save()
-        save_sqs(self.state_dir, self.s3.account_id)
+        with self._backends_lock:  # a reset must not be followed by a save of what it forgot
+            for backend in list(self._backends.values()):
+                save_iot_backend(self.state_dir, backend)
+            self._snapshot.save()
+            save_sqs(self.state_dir, self.s3.account_id)
 
     def _load_state(self) -> None:
         if self.state_dir is None:
