@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import multiprocessing
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
@@ -13,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from include.certificate_authority import CertificateAuthority
 
+log = logging.getLogger(__name__)
 # Below this many devices per worker a pool costs more (start-up, imports) than it saves.
 MIN_DEVICES_PER_WORKER = 250
 SLICES_PER_WORKER = 4
@@ -101,8 +104,20 @@ def issue_credentials(
     # forkserver: forking a task process that runs threads (Airflow's supervisor comms) is not safe.
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["include.credentials"])
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        slices = _slices(requests, workers * SLICES_PER_WORKER)
-        futures = [pool.submit(issue_slice, ca_certificate_pem, ca_private_key_pem, part) for part in slices]
-        for future in futures:
-            yield from future.result()
+    slices = _slices(requests, workers * SLICES_PER_WORKER)
+    done = 0
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = [
+                pool.submit(issue_slice, ca_certificate_pem, ca_private_key_pem, part) for part in slices
+            ]
+            for future in futures:
+                yield from future.result()
+                done += 1
+    except BrokenProcessPool:
+        # Workers could not start (e.g. __main__ cannot be re-imported in them): finish inline.
+        log.warning(
+            "credentials process pool unavailable; issuing the remaining %d slices inline", len(slices) - done
+        )
+        for part in slices[done:]:
+            yield from issue_slice(ca_certificate_pem, ca_private_key_pem, part)

@@ -18,7 +18,7 @@ import pandas as pd
 
 from include.catalog import Catalog
 from include.certificate_authority import load_device_csr
-from include.csv_safety import write_csv
+from include.csv_safety import FORMULA_TRIGGERS, write_csv
 from include.errors import CsrError, ManifestError
 
 REQUIRED_COLUMNS = ("serial_number", "model")
@@ -143,13 +143,11 @@ def validate_manifest(
         else:
             good.append((number, cells))
     frame = pd.DataFrame(
-        [cells for _, cells in good], columns=table.columns, dtype=object, index=[n for n, _ in good]
+        [[_clean(cell) for cell in cells] for _, cells in good],
+        columns=table.columns,
+        dtype=object,
+        index=[n for n, _ in good],
     )
-    for column in table.columns:
-        # Trim, and undo the quote a spreadsheet-safe writer puts before =, +, -, @ (our own CSVs included).
-        frame[column] = (
-            frame[column].astype(str).str.strip().str.replace(r"^'(?=[=+\-@\t\r])", "", regex=True)
-        )
     for column in (
         "mac_address",
         "hardware_revision",
@@ -209,7 +207,10 @@ def validate_manifest(
             f"mac_address {_show(frame.at[n, 'mac_address'])} is not six hex octets like 00:1a:2b:3c:4d:5e"
         ),
     )
-    frame["mac_address"] = mac.str.replace("-", ":").str.lower().where(mac.str.len() != 12, _colons(mac))
+    bare = mac.str.len() == 12
+    frame["mac_address"] = mac.str.replace("-", ":").str.lower()
+    if bare.any():
+        frame.loc[bare, "mac_address"] = _colons(mac[bare])
     when = frame["manufactured_at"]
     parsed = pd.to_datetime(when.where(when != ""), format="ISO8601", utc=True, errors="coerce")
     refuse(
@@ -219,7 +220,10 @@ def validate_manifest(
     )
     frame["manufactured_at"] = parsed.dt.strftime("%Y-%m-%dT%H:%M:%SZ").fillna("")
     modes = frame["model"].map(lambda m: catalog.products[m].certificate_mode if m in catalog else "")
-    csr = frame["csr"].str.replace("\\n", "\n", regex=False)
+    csr = frame["csr"]
+    escaped = csr.str.contains("\\n", regex=False)
+    if escaped.any():
+        csr = csr.where(~escaped, csr[escaped].str.replace("\\n", "\n", regex=False))
     frame["csr"] = csr
     refuse(
         (modes == "device_csr") & (csr == ""),
@@ -231,14 +235,7 @@ def validate_manifest(
         "csr_not_allowed",
         lambda n: f"product {frame.at[n, 'model']} gets its keys from the pipeline; remove the row's CSR",
     )
-    thing_names = pd.Series(
-        [
-            catalog.products[m].thing_name_for(row) if m in catalog else ""
-            for m, row in zip(frame["model"], frame.to_dict("records"), strict=True)
-        ],
-        index=frame.index,
-        dtype=object,
-    )
+    thing_names = _thing_names(frame, catalog)
     refuse(
         (thing_names.str.len() > MAX_THING_NAME),
         "thing_name_too_long",
@@ -268,24 +265,31 @@ def validate_manifest(
                 f"serial number {frame.at[number, 'serial_number']} of {frame.at[number, 'model']} "
                 f"already appears in row {earlier}",
             )
-    for number in frame.index[pending() & (modes == "device_csr")]:
+    needs_csr = pending() & (modes == "device_csr").to_numpy()
+    for number, pem in zip(frame.index[needs_csr], frame["csr"][needs_csr], strict=True):
         try:
-            load_device_csr(frame.at[number, "csr"])
+            load_device_csr(pem)
         except CsrError as exc:
             reason[number] = (exc.code, str(exc))
-    accepted = []
-    for number in frame.index[pending()]:
-        model = frame.at[number, "model"]
-        accepted.append(
-            {
-                "row": int(number),
-                "model": model,
-                "serial_number": frame.at[number, "serial_number"],
-                "thing_name": thing_names[number],
-                "attributes": attributes[number],
-                "csr": frame.at[number, "csr"] or None,
-            }
+    keep = pending()
+    accepted = [
+        {
+            "row": int(number),
+            "model": model,
+            "serial_number": serial_number,
+            "thing_name": thing_name,
+            "attributes": attributes[number],
+            "csr": pem or None,
+        }
+        for number, model, serial_number, thing_name, pem in zip(
+            frame.index[keep].tolist(),
+            frame["model"][keep].tolist(),
+            frame["serial_number"][keep].tolist(),
+            thing_names[keep].tolist(),
+            frame["csr"][keep].tolist(),
+            strict=True,
         )
+    ]
     if max_devices is not None and len(accepted) > max_devices:
         for record in accepted[max_devices:]:
             reason[record["row"]] = (
@@ -334,8 +338,38 @@ def _attributes(frame: pd.DataFrame, catalog: Catalog, refuse) -> dict[int, dict
                     f"{a.name}: AWS IoT allows up to {MAX_ATTRIBUTE_VALUE} letters, digits and _.,@/:#=[]-"
                 ),
             )
-        result.update(zip(rows, values.to_dict("records"), strict=True))
+        names = list(values.columns)
+        columns = [values[name].tolist() for name in names]
+        result.update(
+            zip(
+                rows.tolist(),
+                (dict(zip(names, cells, strict=True)) for cells in zip(*columns, strict=True)),
+                strict=True,
+            )
+        )
     return result
+
+
+def _clean(cell: str) -> str:
+    """Trim, and undo the quote a spreadsheet-safe writer puts before =, +, -, @ (our own CSVs included)."""
+    cell = cell.strip()
+    return cell[1:] if cell[:1] == "'" and cell[1:2] in FORMULA_TRIGGERS else cell
+
+
+def _thing_names(frame: pd.DataFrame, catalog: Catalog) -> pd.Series:
+    """Each row's thing name from its product's pattern ('' for unknown models)."""
+    names = pd.Series("", index=frame.index, dtype=object)
+    for model, product in catalog.products.items():
+        rows = (frame["model"] == model).to_numpy()
+        if not rows.any():
+            continue
+        fields = product.name_fields
+        columns = [frame[f][rows].tolist() if f in frame else [""] * int(rows.sum()) for f in fields]
+        pattern = product.thing_name
+        names[rows] = [
+            pattern.format_map(dict(zip(fields, cells, strict=True))) for cells in zip(*columns, strict=True)
+        ]
+    return names
 
 
 def _colons(mac: pd.Series) -> pd.Series:
