@@ -495,7 +495,9 @@ class CertificatesMixin:
     def delete_certificate(self, certificateId: str, forceDelete: bool = False) -> dict[str, Any]:
         record = self._certificate_record(_check_certificate_id(certificateId))
         if record["status"] == "ACTIVE":
-            raise certificate_state("Certificate must be deactivated (not ACTIVE) before deletion.")
+            raise certificate_state(
+                f"Certificate must be deactivated (not ACTIVE) before deletion. Id: {record['certificateId']}"
+            )
         if record["status"] == "PENDING_TRANSFER":
             raise certificate_state("A certificate pending transfer cannot be deleted.")
         arn = record["certificateArn"]

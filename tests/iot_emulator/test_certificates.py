@@ -333,8 +333,11 @@ def test_delete_certificate_conflicts_and_force(iot: Any) -> None:
     key, ca, _ = register_ca(iot)
     cert = iot.register_certificate(certificatePem=pem(issue(key, ca)), setAsActive=True)
     cert_id, arn = cert["certificateId"], cert["certificateArn"]
-    with pytest.raises(iot.exceptions.CertificateStateException):
+    with pytest.raises(iot.exceptions.CertificateStateException) as info:
         iot.delete_certificate(certificateId=cert_id)
+    assert info.value.response["Error"]["Message"] == (
+        f"Certificate must be deactivated (not ACTIVE) before deletion. Id: {cert_id}"
+    )
     iot.update_certificate(certificateId=cert_id, newStatus="INACTIVE")
     thing = unique("thing")
     iot.create_thing(thingName=thing)

@@ -143,8 +143,10 @@ def test_delete_thing_rules(iot: Any) -> None:
     iot.create_thing(thingName=name)
     cert = iot.create_keys_and_certificate()
     iot.attach_thing_principal(thingName=name, principal=cert["certificateArn"])
-    with pytest.raises(iot.exceptions.InvalidRequestException):
+    with pytest.raises(iot.exceptions.InvalidRequestException) as info:
         iot.delete_thing(thingName=name)
+    message = info.value.response["Error"]["Message"]
+    assert message == f"Cannot delete. Thing {name} is still attached to one or more principals"
     iot.detach_thing_principal(thingName=name, principal=cert["certificateArn"])
     with pytest.raises(iot.exceptions.VersionConflictException):
         iot.delete_thing(thingName=name, expectedVersion=7)
