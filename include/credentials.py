@@ -101,9 +101,9 @@ def issue_credentials(
     if workers == 1:
         yield from issue_slice(ca_certificate_pem, ca_private_key_pem, requests)
         return
-    # forkserver: forking a task process that runs threads (Airflow's supervisor comms) is not safe.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["include.credentials"])
+    # fork: workers start in milliseconds with everything imported. spawn/forkserver re-run the parent's
+    # __main__ in every worker (under Airflow's console script: Airflow imported again, seconds per worker).
+    context = multiprocessing.get_context("fork")
     slices = _slices(requests, workers * SLICES_PER_WORKER)
     done = 0
     try:
@@ -115,7 +115,7 @@ def issue_credentials(
                 yield from future.result()
                 done += 1
     except BrokenProcessPool:
-        # Workers could not start (e.g. __main__ cannot be re-imported in them): finish inline.
+        # A worker died (e.g. killed for memory): finish the remaining slices inline.
         log.warning(
             "credentials process pool unavailable; issuing the remaining %d slices inline", len(slices) - done
         )

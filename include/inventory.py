@@ -383,6 +383,16 @@ class Inventory:
         with self.engine.connect() as connection:
             yield from (dict(r) for r in connection.execute(query).mappings())
 
+    def groups(self, run_id: str) -> list[str]:
+        """Registration groups that hold rows of this run."""
+        with self.engine.connect() as connection:
+            result = connection.execute(
+                sa.select(row_outcomes.c.group_name)
+                .where(row_outcomes.c.run_id == run_id, row_outcomes.c.group_name.is_not(None))
+                .distinct()
+            )
+            return sorted(r[0] for r in result)
+
     def outcome_counts(self, run_id: str) -> dict[str, int]:
         with self.engine.connect() as connection:
             result = connection.execute(

@@ -688,7 +688,7 @@ def summarize(s3: Any, settings: Settings, batch: dict) -> dict:
     failed_key = f"{prefix}failed.csv"
     put_bytes(s3, settings.bucket, failed_key, retry_csv(table, failed_rows), "text/csv")
     tasks = []
-    for group in sorted({o["group_name"] for o in inventory.outcomes(run_id) if o["group_name"]}):
+    for group in inventory.groups(run_id):
         task = inventory.registration_task(batch["batch_id"], run_id, group)
         if task:
             tasks.append(

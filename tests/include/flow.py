@@ -101,13 +101,14 @@ def run_flow(
     batch = pipeline.intake(s3, settings, source, run_id=run_id, **options)
     pipeline.validate(s3, settings, batch)
     checked = pipeline.preflight(s3, iot, settings, batch, ca_certificate_pem=ca.certificate_pem)
+    reconciled = []
     if not checked["dry_run"]:
         chunks = [
             pipeline.issue_credentials(s3, settings, batch, chunk, ca.certificate_pem, ca.private_key_pem())
             for chunk in checked["chunks"]
         ]
         for group in pipeline.write_parameter_files(s3, settings, batch, chunks):
-            register_group(iot, s3, settings, batch, group)
+            reconciled.append(register_group(iot, s3, settings, batch, group))
     summary = pipeline.summarize(s3, settings, batch)
-    summary["_batch"] = batch
+    summary["_batch"], summary["_reconciled"] = batch, reconciled
     return summary

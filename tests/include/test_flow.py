@@ -51,6 +51,8 @@ def test_sample_manifest_twice(fresh_emulator, iot_client, s3_client, tmp_path, 
     assert first["rows"] == 1000
     assert first["quarantined"] == 16 and len(first["reasons"]) == 16
     assert first["provisioned"] == 984 and first["failed"] == 0 and first["skipped"] == 0
+    assert [r["group"] for r in first["_reconciled"]] == ["GW-200", "TH-100"]
+    assert all(r["offset_mismatches"] == 0 for r in first["_reconciled"])  # report offsets = ledger offsets
     assert sum(first[o] for o in ("provisioned", "failed", "quarantined", "skipped")) == first["rows"]
     things = iot_client.get_paginator("list_things").paginate().build_full_result()["things"]
     assert len(things) == 984
