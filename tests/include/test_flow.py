@@ -147,3 +147,70 @@ def test_dry_run_stops_after_preflight_and_still_accounts(
     assert summary["planned"] == 100 and summary["reasons"]["over_max_devices"] == 884
     assert summary["provisioned"] == 0
     assert iot_client.list_things()["things"] == []
+
+
+def test_hostile_manifest_accounts_for_every_row(fresh_emulator, iot_client, s3_client, tmp_path, ca):
+    settings, _ = make_settings(tmp_path, f"sqlite:///{tmp_path / 'inv.db'}")
+    prepare_account(iot_client, s3_client, settings, ca)
+    hostile = (
+        "\ufeffSerial_Number , Model,FACTORY,notes\r\n"
+        "H1,TH-100,SZX-1,=cmd|' /C calc'!A0\r\n"
+        "\r\n"
+        '"H2",TH-100,"SZX-1","multi\r\nline"\r\n'
+        "@H3,TH-100,SZX-1,\r\n"
+        "H4,TH-100," + "x" * 200_000 + ",\r\n"
+        "H5,TH-100,SZX-1,a,b,c\r\n"
+        "H1,TH-100,SZX-1,dup\r\n"
+        "H6,GW-200,SZX-1,\r\n"
+        "H7,TH-100,'+SZX,\r\n"
+    )
+    path = tmp_path / "hostile.csv"
+    path.write_bytes(hostile.encode("utf-8"))
+    summary = run_flow(iot_client, s3_client, settings, ca, str(path), "manual__hostile")
+    assert summary["accounted"] and summary["rows"] == 8
+    assert summary["provisioned"] == 2  # H1 and H2; the rest refused with a reason each
+    assert summary["reasons"] == {
+        "invalid_serial": 1,
+        "field_too_long": 1,
+        "malformed_row": 1,
+        "duplicate_serial": 1,
+        "csr_required": 1,
+        "invalid_attribute_value": 1,
+    }
+    quarantine = s3_client.get_object(Bucket=settings.bucket, Key=summary["files"]["quarantine"])[
+        "Body"
+    ].read()
+    for row in csv.reader(io.StringIO(quarantine.decode())):
+        assert not any(cell.startswith(("=", "+", "-", "@")) for cell in row)
+
+
+def test_reconcile_fails_lines_missing_from_the_reports(fresh_emulator, iot_client, s3_client, tmp_path, ca):
+    settings, _ = make_settings(tmp_path, f"sqlite:///{tmp_path / 'inv.db'}")
+    prepare_account(iot_client, s3_client, settings, ca)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("serial_number,model\nA1,TH-100\nA2,TH-100\nA3,TH-100\n")
+    batch = pipeline.intake(s3_client, settings, str(manifest), run_id="manual__cancel")
+    pipeline.validate(s3_client, settings, batch)
+    checked = pipeline.preflight(
+        s3_client, iot_client, settings, batch, ca_certificate_pem=ca.certificate_pem
+    )
+    chunks = [
+        pipeline.issue_credentials(s3_client, settings, batch, c, ca.certificate_pem, ca.private_key_pem())
+        for c in checked["chunks"]
+    ]
+    (group,) = pipeline.write_parameter_files(s3_client, settings, batch, chunks)
+    error = (
+        '{"errorMessage":"com.amazonaws.services.iot.model.ThrottlingException: Rate exceeded '
+        "(Service: AWSIot; "
+        'Status Code: 400; Error Code: ThrottlingException; Request ID: x; Proxy: null)","lineNumber":2,'
+        '"offset":1,"response":null}'
+    )
+    registration = {"task_id": "t-1", "status": "Cancelled", "message": "stopped by operator"}
+    result = pipeline.reconcile(s3_client, settings, batch, group, registration, [], [error.encode()])
+    assert (result["provisioned"], result["failed"], result["offset_mismatches"]) == (0, 3, 1)
+    summary = pipeline.summarize(s3_client, settings, batch)
+    assert summary["accounted"] and summary["errors"] == {"ThrottlingException": 1, "NoReportLine": 2}
+    failed = s3_client.get_object(Bucket=settings.bucket, Key=result["failed_key"])["Body"].read().decode()
+    assert failed.splitlines() == ["serial_number,model", "A1,TH-100", "A2,TH-100", "A3,TH-100"]
+    with pytest.raises(Exception, match="names lineNumber 9"):
+        pipeline.reconcile(s3_client, settings, batch, group, registration, [error.replace(":2,", ":9,")], [])
