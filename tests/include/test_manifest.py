@@ -185,3 +185,16 @@ def test_quarantine_and_retry_files_neutralise_formulas_and_round_trip(catalog):
     # A neutralised cell reads back as the original value.
     reread = read_manifest(retry_csv(table, [2]))
     assert validate_manifest(reread, catalog).quarantined[0][2].startswith("factory '+x'")
+
+
+def test_check_manifest_cli(tmp_path, capsys):
+    from include.check_manifest import main
+
+    assert main([str(SAMPLE), "--quarantine", str(tmp_path / "q.csv"), "--show", "1"]) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert '"quarantined": 16' in out[0] and out[1].startswith("row ")
+    assert (tmp_path / "q.csv").read_text().count("\n") >= 17
+    (tmp_path / "ok.csv").write_text("serial_number,model\nA1,TH-100\n")
+    assert main([str(tmp_path / "ok.csv")]) == 0
+    (tmp_path / "bad.csv").write_bytes(b"serial,model\n")
+    assert main([str(tmp_path / "bad.csv")]) == 1
