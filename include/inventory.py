@@ -159,7 +159,7 @@ def _insert(engine: Engine, table: sa.Table):
     return (postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
-def _now_naive_safe(value: dt.datetime | None) -> dt.datetime | None:
+def _as_utc(value: dt.datetime | None) -> dt.datetime | None:
     """SQLite returns naive datetimes; everything stored is UTC."""
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=dt.UTC)
@@ -250,7 +250,7 @@ class Inventory:
             return None
         result = dict(found)
         for column in ("started_at", "finished_at"):
-            result[column] = _now_naive_safe(result[column])
+            result[column] = _as_utc(result[column])
         return result
 
     def finish_run(self, run_id: str, summary: dict[str, Any]) -> None:

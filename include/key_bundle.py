@@ -222,7 +222,7 @@ def generate_recipient(directory: str | Path, *, use_rsa: bool = False) -> tuple
 
 
 def _safe_name(name: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c in "-_:" else "_" for c in name).replace(":", "_")
+    cleaned = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
     return cleaned or "device"
 
 

@@ -198,3 +198,14 @@ def test_check_manifest_cli(tmp_path, capsys):
     assert main([str(tmp_path / "ok.csv")]) == 0
     (tmp_path / "bad.csv").write_bytes(b"serial,model\n")
     assert main([str(tmp_path / "bad.csv")]) == 1
+
+
+def test_device_csr_survives_the_retry_manifest(catalog):
+    out = io.StringIO()
+    csv.writer(out).writerows([["serial_number", "model", "csr"], ["G1", "GW-200", device_csr("GW-200-G1")]])
+    table = read_manifest(out.getvalue().encode())
+    retry = retry_csv(table, [1])
+    assert b"'-----BEGIN CERTIFICATE REQUEST-----" in retry  # neutralised for spreadsheets...
+    result = validate_manifest(read_manifest(retry), catalog)
+    assert [r["serial_number"] for r in result.accepted] == ["G1"]  # ...and still a valid CSR when read back
+    assert result.accepted[0]["csr"].startswith("-----BEGIN CERTIFICATE REQUEST-----")
