@@ -43,6 +43,8 @@ from plugins.iot_provisioning.operators import StartThingRegistrationTaskOperato
 SAMPLE_MANIFEST = str(Path(__file__).resolve().parent.parent / "data" / "sample" / "manifest.csv")
 BUCKET = os.environ.get("PIPELINE_BUCKET", "factory-provisioning")
 log = logging.getLogger(__name__)
+# Seconds between DescribeThingRegistrationTask polls of the deferred register task.
+REGISTRATION_POLL_SECONDS = int(os.environ.get("PIPELINE_REGISTRATION_POLL_SECONDS", "10"))
 PROVISIONED_BATCHES = Asset(name="provisioned_factory_batches", uri=f"s3://{BUCKET}/provisioned-batches")
 
 
@@ -231,6 +233,7 @@ def provision_factory_batch() -> None:
         batch=batch,
         aws_conn_id=AWS_CONN_ID,
         pool=REGISTRATION_POOL,
+        waiter_delay=REGISTRATION_POLL_SECONDS,
         map_index_template="{{ task.registration_group['group'] }}",
         # A registration can run for hours; the waiting happens deferred, not in a worker slot.
         execution_timeout=timedelta(hours=12),

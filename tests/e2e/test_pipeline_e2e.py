@@ -1,0 +1,347 @@
+"""provision_factory_batch run BY AIRFLOW (dag.test, in-process) against the emulator over HTTP.
+
+Proves the design's invariants end to end: nothing lost on a hostile manifest, the inventory matches
+AWS IoT, idempotent re-runs (no second thing, certificate or inventory row), a register task that is
+lost after starting resumes the same AWS task, one registration task at a time, and no private key in
+task logs, XComs, the inventory or anything written to S3. Runs on SQLite and PostgreSQL inventories.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from tests.dags.airflow_support import DAGS_DIR
+
+pytestmark = pytest.mark.airflow
+
+OUTCOMES = ("provisioned", "failed", "quarantined", "skipped")
+
+
+@dataclass
+class Pipeline:
+    """What a test needs: the DAG, AWS clients on the emulator, settings, the CA key (to scan for it)."""
+
+    dag: Any
+    iot: Any
+    s3: Any
+    settings: Any
+    ca_key_pem: str
+    emulator: Any
+
+    def run(self, manifest: Path, **conf: Any) -> tuple[Any, dict[str, Any]]:
+        run = self.dag.test(run_conf={"manifest": str(manifest), **conf})
+        return run, _xcom(run.run_id, "summarize")
+
+
+def _xcom(run_id: str, task_id: str) -> Any:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.scalars(
+            sa.select(XComModel).where(
+                XComModel.dag_id == "provision_factory_batch",
+                XComModel.run_id == run_id,
+                XComModel.task_id == task_id,
+                XComModel.key == "return_value",
+            )
+        ).first()
+        return XComModel.deserialize_value(row) if row is not None else None
+
+
+def _states(run: Any) -> dict[str, list[str]]:
+    states: dict[str, list[str]] = {}
+    for ti in run.get_task_instances():
+        states.setdefault(ti.task_id, []).append(str(ti.state))
+    return states
+
+
+@pytest.fixture
+def pipeline(
+    fresh_emulator, aws_connection_env, airflow_db, inventory_url, tmp_path, monkeypatch
+) -> Pipeline:
+    from airflow.models import DagBag
+
+    from include.settings import Settings
+    from scripts.bootstrap import bootstrap
+    from scripts.run_local import factory_ca_connection
+
+    state = tmp_path / "state"
+    monkeypatch.setenv("STATE_DIR", str(state))
+    monkeypatch.setenv("PIPELINE_INVENTORY_URL", inventory_url)
+    monkeypatch.setenv("PIPELINE_CHUNK_SIZE", "16")  # several mapped credential chunks on a small batch
+    monkeypatch.setenv("PIPELINE_WORKERS", "1")
+    monkeypatch.setenv("PIPELINE_REGISTRATION_POLL_SECONDS", "1")
+    settings = Settings.from_env()
+    report = bootstrap(
+        endpoint_url=fresh_emulator.endpoint_url, local_state=state, settings=settings, region="us-east-1"
+    )
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_FACTORY_CA",
+        factory_ca_connection(Path(report["ca_certificate"]), Path(report["ca_key"])),
+    )
+    bag = DagBag(dag_folder=str(DAGS_DIR / "provision_factory_batch.py"))
+    assert not bag.import_errors
+    return Pipeline(
+        dag=bag.dags["provision_factory_batch"],
+        iot=fresh_emulator.client("iot"),
+        s3=fresh_emulator.client("s3"),
+        settings=settings,
+        ca_key_pem=Path(report["ca_key"]).read_text(),
+        emulator=fresh_emulator,
+    )
+
+
+def hostile_manifest(path: Path, devices: int = 44, bad_rows: int = 12, seed: int = 11) -> int:
+    """A generated manifest made hostile: BOM, CRLF, odd header case, a blank line, a duplicate row and a
+    spreadsheet formula; returns the number of data rows (blank lines are not rows)."""
+    from scripts.generate_manifest import write_manifest
+
+    buffer = io.StringIO()
+    write_manifest(buffer, devices, bad_rows, 0.25, seed)
+    header, *records = list(csv.reader(io.StringIO(buffer.getvalue())))
+    factory = header.index("factory")
+    header[0], header[1] = " Serial_Number ", "MODEL"
+    formula = next(list(r) for r in records if r[1] == "TH-100")
+    formula[0] += "X"  # a new serial, so only the formula decides this row's fate
+    formula[factory] = "=HYPERLINK(x)"
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(header)
+    writer.writerows(records[:5])
+    out.write("\r\n")
+    writer.writerows([*records[5:], records[1], formula])
+    path.write_bytes(("\ufeff" + out.getvalue()).encode())
+    return len(records) + 2
+
+
+def _count(paginator_client: Any, operation: str, key: str) -> int:
+    return sum(len(page[key]) for page in paginator_client.get_paginator(operation).paginate())
+
+
+def _inventory_rows(url: str) -> dict[str, list[dict]]:
+    from include.inventory import engine_for, metadata
+
+    engine = engine_for(url)
+    with engine.connect() as connection:
+        return {
+            name: [dict(row) for row in connection.execute(sa.select(table)).mappings()]
+            for name, table in metadata.tables.items()
+        }
+
+
+def _assert_accounted(summary: dict[str, Any], rows: int) -> None:
+    assert summary["rows"] == rows
+    assert sum(summary[outcome] for outcome in OUTCOMES) == rows, {k: summary[k] for k in OUTCOMES}
+
+
+def _scan_for_secrets(texts: dict[str, bytes], ca_key_pem: str) -> list[str]:
+    """Names of the texts that hold any private key (PEM marker) or the CA key's body."""
+    key_body = "".join(ca_key_pem.strip().splitlines()[1:-1]).encode()
+    needles = (b"PRIVATE KEY", key_body[:40], key_body[-40:])
+    return [name for name, data in texts.items() if any(needle in data for needle in needles)]
+
+
+def test_hostile_batch_end_to_end_then_idempotent_rerun(pipeline: Pipeline, tmp_path, capfd, caplog):
+    caplog.set_level(logging.INFO)
+    manifest = tmp_path / "hostile.csv"
+    rows = hostile_manifest(manifest)
+    pipeline.emulator.faults.update({"fail_lines": [2]})  # AWS refuses line 2 of every registration task
+
+    run, summary = pipeline.run(manifest)
+    assert run.state == "success", _states(run)
+    _assert_accounted(summary, rows)
+    assert summary["quarantined"] >= 13  # 12 generated bad rows + the duplicate serial
+    assert summary["reasons"].get("duplicate_serial", 0) >= 1
+    groups = summary["registration_tasks"]
+    assert {g["group"] for g in groups} == {"TH-100", "GW-200"}
+    assert summary["failed"] == len(groups) and summary["provisioned"] > 20
+    assert summary["skipped"] == 0
+
+    # The inventory agrees with AWS IoT: every provisioned device's thing holds its certificate.
+    inventory = _inventory_rows(pipeline.settings.inventory_url)
+    devices = {d["thing_name"]: d for d in inventory["devices"]}
+    provisioned = [d for d in devices.values() if d["status"] == "provisioned"]
+    failed = [d for d in devices.values() if d["status"] == "failed"]
+    assert len(provisioned) == summary["provisioned"] and len(failed) == summary["failed"]
+    for device in provisioned:
+        principals = pipeline.iot.list_thing_principals(thingName=device["thing_name"])["principals"]
+        assert principals == [device["certificate_arn"]]
+        description = pipeline.iot.describe_certificate(certificateId=device["certificate_id"])
+        assert description["certificateDescription"]["status"] == "ACTIVE"
+    assert all(d["error_code"] and d["error_message"] for d in failed)
+    things = _count(pipeline.iot, "list_things", "things")
+    certificates = _count(pipeline.iot, "list_certificates", "certificates")
+    assert things == certificates == len(provisioned)
+
+    # failed.csv is a retry manifest in the manifest's own columns.
+    failed_csv = pipeline.s3.get_object(Bucket=pipeline.settings.bucket, Key=summary["files"]["failed"])
+    failed_rows = list(csv.reader(io.StringIO(failed_csv["Body"].read().decode("utf-8-sig"))))
+    assert len(failed_rows) == 1 + summary["failed"]
+    assert [c.strip().lower() for c in failed_rows[0][:2]] == ["serial_number", "model"]
+
+    # One registration task at a time: the pool has one slot and the two tasks did not overlap.
+    from airflow.models.pool import Pool
+
+    assert Pool.get_pool("iot_bulk_registration").slots == 1
+    spans = sorted(
+        (d["creationDate"], d["lastModifiedDate"])
+        for d in (pipeline.iot.describe_thing_registration_task(taskId=g["task_id"]) for g in groups)
+    )
+    assert spans[0][1] <= spans[1][0]
+
+    # Second run of the same content, faults off: provisioned devices are skipped, the failed ones now
+    # succeed, and nothing is created twice.
+    pipeline.emulator.faults.reset()
+    run2, again = pipeline.run(manifest)
+    assert run2.state == "success", _states(run2)
+    _assert_accounted(again, rows)
+    assert again["batch_id"] == summary["batch_id"] and again["run_id"] != summary["run_id"]
+    assert again["skipped"] == summary["provisioned"]
+    assert again["provisioned"] == summary["failed"] and again["failed"] == 0
+    assert again["quarantined"] == summary["quarantined"]
+    inventory2 = _inventory_rows(pipeline.settings.inventory_url)
+    assert len(inventory2["devices"]) == len(inventory["devices"])
+    assert _count(pipeline.iot, "list_things", "things") == things + summary["failed"]
+    assert _count(pipeline.iot, "list_certificates", "certificates") == certificates + summary["failed"]
+
+    # Third run: everything already there, so nothing is registered at all.
+    tasks_before = _count(pipeline.iot, "list_thing_registration_tasks", "taskIds")
+    run3, third = pipeline.run(manifest)
+    assert run3.state == "success", _states(run3)
+    _assert_accounted(third, rows)
+    assert third["provisioned"] == third["failed"] == 0
+    assert third["skipped"] == rows - third["quarantined"]
+    assert _count(pipeline.iot, "list_thing_registration_tasks", "taskIds") == tasks_before
+
+    # No private key anywhere: task logs (captured output), XComs, inventory, every object in S3.
+    captured = capfd.readouterr()
+    texts: dict[str, bytes] = {"task logs": (captured.out + captured.err + caplog.text).encode()}
+    assert b"Batch report" in texts["task logs"] and b"Started registration task" in texts["task logs"]
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        for row in session.scalars(sa.select(XComModel).where(XComModel.dag_id == "provision_factory_batch")):
+            texts[f"xcom {row.run_id}/{row.task_id}/{row.map_index}"] = json.dumps(
+                row.value, default=str
+            ).encode()
+    for table, table_rows in _inventory_rows(pipeline.settings.inventory_url).items():
+        texts[f"inventory {table}"] = json.dumps(table_rows, default=str).encode()
+    for bucket in pipeline.s3.list_buckets()["Buckets"]:
+        for page in pipeline.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket["Name"]):
+            for item in page.get("Contents", []):
+                body = pipeline.s3.get_object(Bucket=bucket["Name"], Key=item["Key"])["Body"].read()
+                texts[f"s3://{bucket['Name']}/{item['Key']}"] = body
+    assert any(name.endswith("params.jsonl") or ".jsonl" in name for name in texts)
+    assert _scan_for_secrets(texts, pipeline.ca_key_pem) == []
+    # The scan can fail: shown the CA key itself, it reports it.
+    assert _scan_for_secrets({"probe": pipeline.ca_key_pem.encode()}, pipeline.ca_key_pem) == ["probe"]
+
+
+def test_dry_run_stops_after_preflight(pipeline: Pipeline, tmp_path):
+    manifest = tmp_path / "dry.csv"
+    rows = hostile_manifest(manifest, devices=20, bad_rows=3, seed=5)
+    run = pipeline.dag.test(run_conf={"manifest": str(manifest), "dry_run": True})
+    assert run.state == "success", _states(run)
+    checks = _xcom(run.run_id, "preflight")
+    assert checks["dry_run"] is True and checks["to_provision"] > 0
+    assert _xcom(run.run_id, "summarize") is None
+    assert _count(pipeline.iot, "list_things", "things") == 0
+    assert _count(pipeline.iot, "list_thing_registration_tasks", "taskIds") == 0
+    assert rows > checks["to_provision"]
+
+
+@pytest.mark.parametrize("inventory_url", ["sqlite"], indirect=True)
+def test_register_lost_after_start_resumes_the_same_aws_task(
+    pipeline: Pipeline, tmp_path, monkeypatch, caplog, capfd
+):
+    from datetime import timedelta
+
+    from plugins.iot_provisioning.operators import StartThingRegistrationTaskOperator
+
+    caplog.set_level(logging.INFO)
+    manifest = tmp_path / "resume.csv"
+    rows = hostile_manifest(manifest, devices=30, bad_rows=0, seed=3)
+    pipeline.emulator.faults.update({"task_line_delay": 0.2})  # the AWS task is still running on resume
+    real_defer = StartThingRegistrationTaskOperator.defer
+    lost: list[str] = []
+
+    def defer_once(self, **kwargs):
+        if not lost and self.registration_group["group"] == "TH-100":  # dies after the id was recorded
+            lost.append(kwargs["trigger"].serialize()[1]["task_id"])
+            raise RuntimeError("worker lost")
+        return real_defer(self, **kwargs)
+
+    monkeypatch.setattr(StartThingRegistrationTaskOperator, "defer", defer_once)
+    register = pipeline.dag.get_task("register")
+    register.partial_kwargs["retry_delay"] = timedelta(seconds=1)
+    register.partial_kwargs["retry_exponential_backoff"] = False
+
+    run, summary = pipeline.run(manifest)
+    assert run.state == "success", _states(run)
+    _assert_accounted(summary, rows)
+    task_ids = pipeline.iot.list_thing_registration_tasks()["taskIds"]
+    assert len(task_ids) == len(summary["registration_tasks"])  # one per group, never a second start
+    assert lost[0] in task_ids
+    assert lost[0] in {g["task_id"] for g in summary["registration_tasks"]}
+    assert f"Resuming registration task {lost[0]}" in capfd.readouterr().out + caplog.text
+
+
+@pytest.mark.parametrize("inventory_url", ["sqlite"], indirect=True)
+def test_second_registration_waits_for_the_running_one(pipeline: Pipeline, monkeypatch):
+    """AWS (and the emulator) refuse a second task while one runs; the operator backs off and starts after."""
+    from include import pipeline as domain
+    from plugins.iot_provisioning.operators import StartThingRegistrationTaskOperator
+
+    s3, iot, bucket = pipeline.s3, pipeline.iot, pipeline.settings.bucket
+    template = {
+        "Parameters": {"ThingName": {"Type": "String"}},
+        "Resources": {"t": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": {"Ref": "ThingName"}}}},
+    }
+    for name, count in (("first", 20), ("second", 3)):
+        lines = "".join(json.dumps({"ThingName": f"{name}-{n}"}) + "\n" for n in range(count))
+        s3.put_object(Bucket=bucket, Key=f"t/{name}.jsonl", Body=lines.encode())
+    s3.put_object(Bucket=bucket, Key="t/template.json", Body=json.dumps(template).encode())
+    pipeline.emulator.faults.update({"task_line_delay": 0.1})
+    first = iot.start_thing_registration_task(
+        templateBody=json.dumps(template),
+        inputFileBucket=bucket,
+        inputFileKey="t/first.jsonl",
+        roleArn=pipeline.settings.registration_role_arn,
+    )["taskId"]
+    recorded: dict[str, str] = {}
+    monkeypatch.setattr(domain, "registration_task_for", lambda settings, batch, group: recorded.get(group))
+    monkeypatch.setattr(
+        domain, "record_registration_task", lambda s, b, g, task_id: recorded.update({g: task_id})
+    )
+    monkeypatch.setattr(domain, "record_registration_status", lambda s, b, g, registration: None)
+    operator = StartThingRegistrationTaskOperator(
+        task_id="register",
+        batch={"batch_id": "b" * 64, "run_id": "manual__t"},
+        registration_group={
+            "group": "g",
+            "lines": 3,
+            "bucket": bucket,
+            "params_key": "t/second.jsonl",
+            "template_key": "t/template.json",
+        },
+        deferrable=False,
+        waiter_delay=1,
+        start_backoff=0.5,
+        botocore_config={"retries": {"mode": "standard", "max_attempts": 1}},  # show our own backoff
+    )
+    result = operator.execute({})
+    assert result["status"] == "Completed" and result["task_id"] == recorded["g"] != first
+    spans = {task: iot.describe_thing_registration_task(taskId=task) for task in (first, result["task_id"])}
+    assert spans[first]["status"] == "Completed"
+    assert spans[first]["lastModifiedDate"] <= spans[result["task_id"]]["creationDate"]
