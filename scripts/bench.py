@@ -1,0 +1,419 @@
+"""`make bench`: devices/s of each pipeline stage on the emulator, beside the crypto floor of the same run.
+
+Generates one manifest of N devices (TH-100 with pipeline-made keys, plus the default share of GW-200 with
+device CSRs), starts the emulator in-process on a free loopback port, bootstraps the account into a
+temporary state dir, then calls the stages of include/pipeline.py directly and in order: intake, validate,
+preflight, credentials per chunk (chunks one after another, each on settings.workers processes),
+parameter files, one bulk registration task per group (started, polled until it ends), reconcile, summary.
+Airflow is not used: scheduling costs per task, not per device. The floor (ECDSA P-256 key generation +
+one signature by the P-256 CA + PEM of certificate and key) is timed single-core on min(N, 5000) devices in
+the same process, and every stage is compared with it times the cores that stage uses.
+
+    python -m scripts.bench [--devices N] [--workers W] [--chunk-size C] [--keep]
+
+Progress goes to stderr; stdout gets the table, then one JSON line with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import itertools
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from include import pipeline
+from include.credentials import MIN_DEVICES_PER_WORKER
+from include.reports import download_report_lines
+from include.settings import Settings
+from iot_emulator.server import EmulatorServer
+from scripts.bench_floor import Floor, device_csr_floor, own_key_floor
+from scripts.bootstrap import bootstrap
+from scripts.generate_manifest import HEADER, rows
+
+REGION = "us-east-1"
+FLOOR_DEVICES = 5000
+CSR_FLOOR_DEVICES = 1000
+# Poll often at first (small tasks end within a second), then gently (each describe takes the GIL).
+POLL_FAST, POLL_SLOW, FAST_FOR = 0.02, 0.25, 2.0
+REGISTRATION_TIMEOUT = 3600.0
+_STARTED = time.perf_counter()
+
+
+def note(message: str) -> None:
+    """A progress line on stderr (stdout is kept for the table and the JSON line)."""
+    print(f"[bench {time.perf_counter() - _STARTED:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Stage:
+    """One measured stage: wall seconds for `devices` devices using `cores` cores."""
+
+    name: str
+    devices: int
+    seconds: float
+    cores: int = 1
+
+    @property
+    def per_second(self) -> float:
+        return self.devices / self.seconds if self.seconds > 0 else float("inf")
+
+
+class Stopwatch:
+    """Collects stages in order; `with watch("name", devices) as stage:` times one."""
+
+    def __init__(self) -> None:
+        self.stages: list[Stage] = []
+
+    def __call__(self, name: str, devices: int = 0, cores: int = 1) -> _Timing:
+        stage = Stage(name, devices, 0.0, cores)
+        self.stages.append(stage)
+        return _Timing(stage)
+
+
+class _Timing:
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
+
+    def __enter__(self) -> Stage:
+        note(f"{self.stage.name} ...")
+        self._start = time.perf_counter()
+        return self.stage
+
+    def __exit__(self, *exc: object) -> None:
+        self.stage.seconds = time.perf_counter() - self._start
+        if exc[0] is None:
+            note(f"{self.stage.name}: {self.stage.devices:,} devices in {self.stage.seconds:.2f} s")
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "load_1m": round(load[0], 2),
+        "python": platform.python_version(),
+    }
+
+
+def write_manifest(
+    path: Path, devices: int, gw_share: float, bad_rows: int, seed: int
+) -> tuple[Counter, list[str]]:
+    """Write the manifest; returns rows per model and up to CSR_FLOOR_DEVICES device CSRs (CSR floor)."""
+    models: Counter = Counter()
+    csrs: list[str] = []
+    model_at, csr_at = HEADER.index("model"), HEADER.index("csr")
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(HEADER)
+        for index, cells in enumerate(rows(devices, bad_rows, gw_share, seed)):
+            writer.writerow(cells)
+            models[cells[model_at]] += 1
+            if cells[model_at] == "GW-200" and cells[csr_at] and len(csrs) < CSR_FLOOR_DEVICES:
+                csrs.append(cells[csr_at])
+            if (index + 1) % 20_000 == 0:
+                note(f"manifest: {index + 1:,} rows")
+    return models, csrs
+
+
+def aws_environment(endpoint_url: str, state_dir: Path) -> None:
+    """Point boto3 (and anything reading STATE_DIR) at the emulator and the temporary state."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        os.environ.pop(name, None)
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_REGION": REGION,
+            "AWS_ENDPOINT_URL": endpoint_url,
+            "STATE_DIR": str(state_dir),
+        }
+    )
+
+
+def wait_for_task(iot: Any, task_id: str, group: str) -> dict[str, Any]:
+    started = time.monotonic()
+    deadline = started + REGISTRATION_TIMEOUT
+    last_note = time.monotonic()
+    while True:
+        task = iot.describe_thing_registration_task(taskId=task_id)
+        if task["status"] not in ("InProgress", "Cancelling"):
+            return task
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"registration task {task_id} ({group}) still {task['status']}")
+        if time.monotonic() - last_note >= 5:
+            last_note = time.monotonic()
+            note(f"register[{group}]: {task.get('percentageProgress', 0)}%")
+        time.sleep(POLL_FAST if time.monotonic() - started < FAST_FOR else POLL_SLOW)
+
+
+def report_lines(iot: Any, task_id: str, report_type: str) -> Iterator[bytes]:
+    pages = iot.get_paginator("list_thing_registration_task_reports").paginate(
+        taskId=task_id, reportType=report_type
+    )
+    links = [link for page in pages for link in page.get("resourceLinks", [])]
+    return itertools.chain.from_iterable(download_report_lines(link) for link in links)
+
+
+def run_pipeline(
+    watch: Stopwatch,
+    iot: Any,
+    s3: Any,
+    settings: Settings,
+    manifest: Path,
+    row_count: int,
+    ca_pem: str,
+    ca_key_pem: str,
+) -> dict[str, Any]:
+    """Every stage in order, as the DAG runs them; returns the batch summary."""
+    run_id = f"bench-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
+    with watch("intake", row_count):
+        batch = pipeline.intake(s3, settings, str(manifest), run_id=run_id)
+    with watch("validate", row_count):
+        validated = pipeline.validate(s3, settings, batch)
+    with watch("preflight") as stage:
+        checked = pipeline.preflight(s3, iot, settings, batch, ca_certificate_pem=ca_pem)
+        stage.devices = validated["accepted"]
+    chunks = []
+    processes = 1
+    with watch("credentials") as stage:
+        for chunk in checked["chunks"]:
+            size = chunk["stop"] - chunk["start"]
+            processes = max(processes, min(settings.workers, size // MIN_DEVICES_PER_WORKER))
+            chunks.append(pipeline.issue_credentials(s3, settings, batch, chunk, ca_pem, ca_key_pem))
+            stage.devices += size
+            done = f"{chunk['index'] + 1}/{len(checked['chunks'])}"
+            note(f"credentials: chunk {done} ({stage.devices:,} devices)")
+        stage.cores = processes
+    with watch("parameter files") as stage:
+        groups = pipeline.write_parameter_files(s3, settings, batch, chunks)
+        stage.devices = sum(g["lines"] for g in groups)
+    for group in groups:
+        name = group["group"]
+        with watch(f"register[{name}]", group["lines"]):
+            task_id = iot.start_thing_registration_task(
+                templateBody=pipeline.template_body(s3, settings, group),
+                inputFileBucket=group["bucket"],
+                inputFileKey=group["params_key"],
+                roleArn=settings.registration_role_arn,
+            )["taskId"]
+            pipeline.record_registration_task(settings, batch, name, task_id)
+            task = wait_for_task(iot, task_id, name)
+        registration = {
+            "task_id": task_id,
+            "status": task["status"],
+            "success_count": task.get("successCount", 0),
+            "failure_count": task.get("failureCount", 0),
+            "message": task.get("message"),
+        }
+        pipeline.record_registration_status(settings, batch, name, registration)
+        with watch(f"reconcile[{name}]", group["lines"]):
+            pipeline.reconcile(
+                s3,
+                settings,
+                batch,
+                group,
+                registration,
+                report_lines(iot, task_id, "RESULTS"),
+                report_lines(iot, task_id, "ERRORS"),
+            )
+    with watch("summarize", validated["rows"]):
+        return pipeline.summarize(s3, settings, batch)
+
+
+def figures(stage: Stage, floor: Floor) -> dict[str, Any]:
+    floor_rate = floor.per_second * stage.cores
+    return {
+        "stage": stage.name,
+        "devices": stage.devices,
+        "seconds": round(stage.seconds, 3),
+        "devices_per_s": round(stage.per_second, 1),
+        "cores": stage.cores,
+        "floor_devices_per_s": round(floor_rate, 1),
+        "x_floor": round(stage.per_second / floor_rate, 3),
+    }
+
+
+def render(
+    header: list[str], rows_: list[dict[str, Any]], floor: Floor, csr_floor: Floor | None, mix: float | None
+) -> str:
+    lines = list(header)
+    lines.append(
+        f"crypto floor, 1 core, {floor.devices:,} devices: keygen {floor.keygen_us:.1f} µs + sign "
+        f"{floor.sign_us:.1f} µs + PEM {floor.serialise_us:.1f} µs = {floor.per_device_us:.1f} µs/device "
+        f"= {floor.per_second:,.0f} devices/s"
+    )
+    if csr_floor is not None and mix is not None:
+        lines.append(
+            f"device-CSR floor, 1 core, {csr_floor.devices:,} CSRs: "
+            f"parse+verify {csr_floor.keygen_us:.1f} µs "
+            f"+ sign {csr_floor.sign_us:.1f} µs + PEM {csr_floor.serialise_us:.1f} µs = "
+            f"{csr_floor.per_device_us:.1f} µs/device; this manifest's mix: {mix:,.0f} devices/s per core"
+        )
+    lines.append("")
+    columns = ("stage", "devices", "seconds", "devices/s", "cores", "floor(cores)/s", "× floor")
+    table = [columns] + [
+        (
+            r["stage"],
+            f"{r['devices']:,}",
+            f"{r['seconds']:.2f}",
+            f"{r['devices_per_s']:,.0f}",
+            str(r["cores"]),
+            f"{r['floor_devices_per_s']:,.0f}",
+            f"{r['x_floor']:.2f}",
+        )
+        for r in rows_
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    for number, row in enumerate(table):
+        cells = [row[0].ljust(widths[0])] + [
+            cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(cells))
+        if number == 0 or number == len(table) - 2:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=None, help="credential processes (default: all cores)")
+    parser.add_argument(
+        "--chunk-size", type=int, default=None, help="devices per credentials chunk (default 5000)"
+    )
+    parser.add_argument("--gw-share", type=float, default=0.1, help="share of GW-200 devices (device CSRs)")
+    parser.add_argument("--bad-rows", type=int, default=0, help="rows broken on purpose (quarantined)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    if args.devices < 1 or (args.workers is not None and args.workers < 1):
+        parser.error("--devices and --workers must be at least 1")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        parser.error("--chunk-size must be at least 1")
+
+    work = Path(tempfile.mkdtemp(prefix="iot-bench-"))
+    server: EmulatorServer | None = None
+    try:
+        local_state = work / "state"
+        overrides: dict[str, Any] = {
+            "inventory_url": f"sqlite:///{work / 'inventory.db'}",
+            "bundle_recipient_public_key": str(local_state / "factory-line" / "recipient.pub.pem"),
+        }
+        if args.workers:
+            overrides["workers"] = args.workers
+        if args.chunk_size:
+            overrides["chunk_size"] = args.chunk_size
+        settings = Settings(**overrides)
+
+        manifest = work / "manifest.csv"
+        note(f"generating a manifest of {args.devices:,} devices in {work}")
+        models, csrs = write_manifest(manifest, args.devices, args.gw_share, args.bad_rows, args.seed)
+
+        server = EmulatorServer("127.0.0.1", 0).start()
+        aws_environment(server.endpoint_url, local_state)
+        note(f"emulator at {server.endpoint_url}; bootstrapping the account")
+        account = bootstrap(
+            endpoint_url=server.endpoint_url, local_state=local_state, settings=settings, region=REGION
+        )
+        ca_pem = Path(account["ca_certificate"]).read_text()
+        ca_key_pem = Path(account["ca_key"]).read_text()
+        session = boto3.session.Session(region_name=REGION)
+        iot = session.client("iot", endpoint_url=server.endpoint_url)
+        s3 = session.client("s3", endpoint_url=server.endpoint_url)
+
+        floor_devices = min(args.devices, FLOOR_DEVICES)
+        note(f"crypto floor on {floor_devices:,} devices, one core")
+        floor = own_key_floor(ca_pem, ca_key_pem, floor_devices)
+        csr_floor = device_csr_floor(ca_pem, ca_key_pem, csrs)
+        csr_share = models.get("GW-200", 0) / max(1, sum(models.values()))
+        mix = (
+            1e6 / ((1 - csr_share) * floor.per_device_us + csr_share * csr_floor.per_device_us)
+            if csr_floor is not None
+            else None
+        )
+
+        watch = Stopwatch()
+        started = time.perf_counter()
+        summary = run_pipeline(watch, iot, s3, settings, manifest, args.devices, ca_pem, ca_key_pem)
+        total = Stage(
+            "end to end", args.devices, time.perf_counter() - started, max(s.cores for s in watch.stages)
+        )
+
+        rows_ = [figures(s, floor) for s in [*watch.stages, total]]
+        host = machine()
+        header = [
+            f"bench: {args.devices:,} devices ("
+            + ", ".join(f"{n:,} {m}" for m, n in sorted(models.items()))
+            + f"), chunk {settings.chunk_size:,}, {settings.workers} credential processes",
+            f"machine: {host['nproc']} cores, {host['cpu']}, load {host['load_1m']} at the end, "
+            f"Python {host['python']}",
+            "measures the domain stages (include/pipeline.py) and the emulator; Airflow is not used "
+            "(its scheduling overhead is per task, not per device)",
+            f"outcome: {summary['provisioned']:,} provisioned, {summary['failed']:,} failed, "
+            f"{summary['quarantined']:,} quarantined, {summary['skipped']:,} skipped, "
+            f"accounted={summary['accounted']}",
+        ]
+        print(render(header, rows_, floor, csr_floor, mix), flush=True)
+        credentials = next(s for s in watch.stages if s.name == "credentials")
+        if mix is not None:
+            print(
+                f"credentials vs this manifest's mix floor ({csr_share:.0%} device CSRs) on "
+                f"{credentials.cores} cores: {credentials.per_second / (mix * credentials.cores):.2f} × floor"
+            )
+        print(
+            json.dumps(
+                {
+                    "devices": args.devices,
+                    "models": dict(models),
+                    "chunk_size": settings.chunk_size,
+                    "workers": settings.workers,
+                    "machine": host,
+                    "floor": floor.as_dict(),
+                    "floor_device_csr": csr_floor.as_dict() if csr_floor else None,
+                    "floor_mix_devices_per_s": round(mix, 1) if mix else None,
+                    "stages": rows_,
+                    "outcome": {
+                        k: summary[k]
+                        for k in ("provisioned", "failed", "quarantined", "skipped", "accounted")
+                    },
+                },
+                ensure_ascii=False,
+            ),
+            flush=True,
+        )
+        return 0 if summary["accounted"] else 1
+    finally:
+        if server is not None:
+            server.stop()
+        if args.keep:
+            note(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
