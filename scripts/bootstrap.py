@@ -9,7 +9,7 @@ $STATE_DIR/factory-line/, and (with --airflow-pool) the Airflow pool that serial
 Works against any endpoint: `--endpoint-url` (or AWS_ENDPOINT_URL) for the emulator, nothing for AWS.
 Prints one JSON object describing what it found or made (no key material).
 
-    python -m scripts.bootstrap [--endpoint-url URL] [--state-dir DIR] [--airflow-pool]
+    python -m scripts.bootstrap [--endpoint-url URL] [--state-dir DIR] [--airflow-pool] [--connections-file F]
 """
 
 from __future__ import annotations
@@ -237,6 +237,25 @@ def ensure_factory_line_keys(directory: Path) -> bool:
     return True
 
 
+def write_connections_file(path: Path, certificate_pem: str, key_pem: str) -> None:
+    """The factory CA as Airflow's LocalFilesystemBackend reads it ({"factory_ca": {...}}), mode 0600.
+
+    For deployments whose workers share a state volume (docker-compose); production uses a real secrets
+    backend (for example AWS Secrets Manager) holding the same connection.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "factory_ca": {
+            "conn_type": "generic",
+            "password": key_pem,
+            "extra": json.dumps({"certificate_pem": certificate_pem}),
+        }
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(document, handle)
+
+
 def ensure_airflow_pool(slots: int = 1) -> None:
     """The pool every register task runs in: AWS runs one bulk registration task per account at a time."""
     from airflow.models.pool import Pool
@@ -256,6 +275,7 @@ def bootstrap(
     settings: Settings,
     region: str,
     airflow_pool: bool = False,
+    connections_file: Path | None = None,
 ) -> dict[str, Any]:
     session = boto3.session.Session(region_name=region)
     s3, sqs, iot = (session.client(name, endpoint_url=endpoint_url) for name in ("s3", "sqs", "iot"))
@@ -275,6 +295,9 @@ def bootstrap(
     )
     report["factory_line_keys_created"] = ensure_factory_line_keys(local_state / "factory-line")
     report["factory_line_public_key"] = str(local_state / "factory-line" / "recipient.pub.pem")
+    if connections_file:
+        write_connections_file(connections_file, certificate_pem, key_pem)
+        report["connections_file"] = str(connections_file)
     if airflow_pool:
         ensure_airflow_pool()
         report["airflow_pool"] = REGISTRATION_POOL
@@ -287,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=None, help="default: $STATE_DIR or .local/")
     parser.add_argument("--region", default=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
     parser.add_argument("--airflow-pool", action="store_true", help="also create the Airflow pool")
+    parser.add_argument(
+        "--connections-file",
+        type=Path,
+        default=None,
+        help="write the factory_ca connection for a secrets backend",
+    )
     args = parser.parse_args(argv)
     local_state = args.state_dir or state_dir()
     try:
@@ -296,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             settings=Settings.from_env(),
             region=args.region,
             airflow_pool=args.airflow_pool,
+            connections_file=args.connections_file,
         )
     except ClientError as error:
         print(f"bootstrap failed: {error}", file=sys.stderr)
