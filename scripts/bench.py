@@ -23,6 +23,7 @@ import itertools
 import json
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -66,6 +67,7 @@ class Stage:
     devices: int
     seconds: float
     cores: int = 1
+    cpu_seconds: float = 0.0  # this process (all threads, the emulator's too) + credential worker processes
 
     @property
     def per_second(self) -> float:
@@ -90,13 +92,20 @@ class _Timing:
 
     def __enter__(self) -> Stage:
         note(f"{self.stage.name} ...")
-        self._start = time.perf_counter()
+        self._start, self._cpu = time.perf_counter(), cpu_seconds()
         return self.stage
 
     def __exit__(self, *exc: object) -> None:
         self.stage.seconds = time.perf_counter() - self._start
+        self.stage.cpu_seconds = cpu_seconds() - self._cpu
         if exc[0] is None:
             note(f"{self.stage.name}: {self.stage.devices:,} devices in {self.stage.seconds:.2f} s")
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that ended (pool workers are joined per chunk)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def machine() -> dict[str, Any]:
@@ -246,6 +255,7 @@ def run_pipeline(
 
 def figures(stage: Stage, floor: Floor) -> dict[str, Any]:
     floor_rate = floor.per_second * stage.cores
+    cpu_us = stage.cpu_seconds / stage.devices * 1e6 if stage.devices else 0.0
     return {
         "stage": stage.name,
         "devices": stage.devices,
@@ -254,6 +264,9 @@ def figures(stage: Stage, floor: Floor) -> dict[str, Any]:
         "cores": stage.cores,
         "floor_devices_per_s": round(floor_rate, 1),
         "x_floor": round(stage.per_second / floor_rate, 3),
+        "cpu_seconds": round(stage.cpu_seconds, 3),
+        "cpu_us_per_device": round(cpu_us, 1),
+        "floor_us_over_cpu_us": round(floor.per_device_us / cpu_us, 3) if cpu_us else None,
     }
 
 
@@ -274,7 +287,17 @@ def render(
             f"{csr_floor.per_device_us:.1f} µs/device; this manifest's mix: {mix:,.0f} devices/s per core"
         )
     lines.append("")
-    columns = ("stage", "devices", "seconds", "devices/s", "cores", "floor(cores)/s", "× floor")
+    columns = (
+        "stage",
+        "devices",
+        "seconds",
+        "devices/s",
+        "cores",
+        "floor(cores)/s",
+        "× floor",
+        "CPU µs/device",
+        "floor µs/CPU µs",
+    )
     table = [columns] + [
         (
             r["stage"],
@@ -284,6 +307,8 @@ def render(
             str(r["cores"]),
             f"{r['floor_devices_per_s']:,.0f}",
             f"{r['x_floor']:.2f}",
+            f"{r['cpu_us_per_device']:,.1f}",
+            f"{r['floor_us_over_cpu_us']:.2f}" if r["floor_us_over_cpu_us"] else "-",
         )
         for r in rows_
     ]
@@ -295,6 +320,10 @@ def render(
         lines.append("  ".join(cells))
         if number == 0 or number == len(table) - 2:
             lines.append("  ".join("-" * w for w in widths))
+    lines.append(
+        "× floor = devices/s ÷ (floor devices/s × cores); floor µs/CPU µs = floor cost ÷ CPU the stage spent "
+        "per device (all its processes and threads; unaffected by other load on the machine)"
+    )
     return "\n".join(lines)
 
 
@@ -357,10 +386,14 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         watch = Stopwatch()
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), cpu_seconds()
         summary = run_pipeline(watch, iot, s3, settings, manifest, args.devices, ca_pem, ca_key_pem)
         total = Stage(
-            "end to end", args.devices, time.perf_counter() - started, max(s.cores for s in watch.stages)
+            "end to end",
+            args.devices,
+            time.perf_counter() - started,
+            max(s.cores for s in watch.stages),
+            cpu_seconds() - cpu_started,
         )
 
         rows_ = [figures(s, floor) for s in [*watch.stages, total]]
