@@ -48,6 +48,19 @@ REGISTRATION_POLL_SECONDS = int(os.environ.get("PIPELINE_REGISTRATION_POLL_SECON
 PROVISIONED_BATCHES = Asset(name="provisioned_factory_batches", uri=f"s3://{BUCKET}/provisioned-batches")
 
 
+def _catalog_models() -> list[str]:
+    """Models of the product catalog, for the trigger form's product list (a small local YAML file)."""
+    import yaml
+
+    from include.settings import Settings
+
+    try:
+        document = yaml.safe_load(Path(Settings.from_env().catalog_path).read_text(encoding="utf-8"))
+        return sorted(str(model) for model in document["products"])
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return []  # the validate task reports a broken catalog precisely; the form stays usable
+
+
 def _settings() -> Any:
     from include.settings import Settings
 
@@ -197,7 +210,7 @@ def summarize(batch: dict, reconciled: list[dict], outlet_events: Any = None) ->
         "product": Param(
             None,
             type=["null", "string"],
-            pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+            enum=[None, *_catalog_models()],
             title="Product override",
             description="Treat every row as this catalog model (e.g. TH-100); empty keeps each row's model.",
             section="Batch",
