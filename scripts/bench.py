@@ -68,6 +68,7 @@ class Stage:
     seconds: float
     cores: int = 1
     cpu_seconds: float = 0.0  # this process (all threads, the emulator's too) + credential worker processes
+    worker_cpu_seconds: float = 0.0  # the credential worker processes alone
 
     @property
     def per_second(self) -> float:
@@ -92,20 +93,26 @@ class _Timing:
 
     def __enter__(self) -> Stage:
         note(f"{self.stage.name} ...")
-        self._start, self._cpu = time.perf_counter(), cpu_seconds()
+        self._start, self._cpu, self._children = time.perf_counter(), cpu_seconds(), children_cpu_seconds()
         return self.stage
 
     def __exit__(self, *exc: object) -> None:
         self.stage.seconds = time.perf_counter() - self._start
         self.stage.cpu_seconds = cpu_seconds() - self._cpu
+        self.stage.worker_cpu_seconds = children_cpu_seconds() - self._children
         if exc[0] is None:
             note(f"{self.stage.name}: {self.stage.devices:,} devices in {self.stage.seconds:.2f} s")
 
 
 def cpu_seconds() -> float:
     """CPU time of this process and of its children that ended (pool workers are joined per chunk)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime + children_cpu_seconds()
+
+
+def children_cpu_seconds() -> float:
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return children.ru_utime + children.ru_stime
 
 
 def machine() -> dict[str, Any]:
@@ -412,6 +419,13 @@ def main(argv: list[str] | None = None) -> int:
         ]
         print(render(header, rows_, floor, csr_floor, mix), flush=True)
         credentials = next(s for s in watch.stages if s.name == "credentials")
+        if credentials.devices:
+            workers_us = credentials.worker_cpu_seconds / credentials.devices * 1e6
+            parent_us = (credentials.cpu_seconds - credentials.worker_cpu_seconds) / credentials.devices * 1e6
+            print(
+                f"credentials CPU per device: worker processes {workers_us:.1f} µs, this process "
+                f"(pipeline loop, bundle, S3 writes incl. the in-process emulator) {parent_us:.1f} µs"
+            )
         if mix is not None:
             print(
                 f"credentials vs this manifest's mix floor ({csr_share:.0%} device CSRs) on "
