@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STATE_DIR ?= $(CURDIR)/.local
 MANIFEST ?=
+DRY_RUN ?=
 DEVICES ?= 10000
 export STATE_DIR
 
@@ -19,7 +20,7 @@ $(VENV)/.installed: requirements.lock
 venv: $(VENV)/.installed
 
 run: venv
-	$(PY) -m scripts.run_local $(if $(MANIFEST),--manifest "$(MANIFEST)")
+	$(PY) -m scripts.run_local $(if $(MANIFEST),--manifest "$(MANIFEST)") $(if $(DRY_RUN),--dry-run)
 
 test: venv
 	$(PY) -m pytest
