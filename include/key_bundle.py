@@ -145,6 +145,19 @@ def seal(
     chunk: int,
 ) -> bytes:
     """Encrypt device records (with their private key PEMs) once, for the factory line's public key."""
+    payload = b"".join(orjson.dumps(r) + b"\n" for r in records)
+    return seal_payload(payload, len(records), recipient_pem, batch_id=batch_id, chunk=chunk)
+
+
+def seal_payload(
+    payload: bytes,
+    count: int,
+    recipient_pem: str | bytes,
+    *,
+    batch_id: str,
+    chunk: int,
+) -> bytes:
+    """Encrypt an already encoded payload (`count` JSON lines, as `seal` writes them) once."""
     recipient = load_recipient(recipient_pem)
     data_key = AESGCM.generate_key(bit_length=256)
     nonce = os.urandom(12)
@@ -153,14 +166,13 @@ def seal(
         "version": 1,
         "batch_id": batch_id,
         "chunk": chunk,
-        "count": len(records),
+        "count": count,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cipher": "AES-256-GCM",
         "nonce": _b64(nonce),
         "wrap": _wrap(data_key, recipient),
     }
     header_bytes = json.dumps(header, sort_keys=True).encode("utf-8")
-    payload = b"".join(orjson.dumps(r) + b"\n" for r in records)
     ciphertext = AESGCM(data_key).encrypt(nonce, payload, header_bytes)
     return MAGIC + struct.pack(">I", len(header_bytes)) + header_bytes + ciphertext
 

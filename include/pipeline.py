@@ -32,12 +32,10 @@ import orjson
 from include import key_bundle
 from include.catalog import Catalog, load_catalog
 from include.certificate_authority import certificate_id_from_pem
-from include.credentials import DeviceRequest
-from include.credentials import issue_credentials as issue_device_credentials
+from include.credentials import ProductSpec, issue_chunk
 from include.errors import AccountingError, ManifestError, PreflightError, ReconcileError
 from include.inventory import PENDING, Inventory
 from include.manifest import quarantine_csv, read_manifest, retry_csv, validate_manifest
-from include.parameter_file import encode_line, parameters_for
 from include.reports import parse_report_line
 from include.settings import Settings
 from include.storage import (
@@ -377,70 +375,35 @@ def issue_credentials(
         recipient = read_text_setting(s3, settings.bundle_recipient_public_key, "bundle recipient public key")
         key_bundle.load_recipient(recipient)  # fail before the expensive work
         catalog = load_catalog(settings.catalog_path)
+        products = {model: ProductSpec.of(p) for model, p in catalog.products.items()}
         prefix = _chunk_prefix(batch, index)
-        devices = list(_read_jsonl(s3, settings.bucket, f"{prefix}devices.jsonl"))
+        data = get_bytes(s3, settings.bucket, f"{prefix}devices.jsonl")
+        devices = [line for line in data.splitlines() if line]
         counter["devices"] = len(devices)
-        products = [catalog.products[d["model"]] for d in devices]
-        requests = [
-            DeviceRequest(
-                thing_name=d["thing_name"],
-                serial_number=d["serial_number"],
-                key_algorithm=p.key_algorithm,
-                csr=d.get("csr") if p.certificate_mode == "device_csr" else None,
-            )
-            for d, p in zip(devices, products, strict=True)
-        ]
-        lines: dict[str, list[bytes]] = defaultdict(list)
-        ledger: list[dict[str, Any]] = []
-        sealed: list[dict[str, Any]] = []
-        issued = issue_device_credentials(
-            requests, ca_certificate_pem, ca_private_key_pem, workers=settings.workers
+        # Workers do all per-device work; this process only seals and uploads a few large objects.
+        output = issue_chunk(
+            devices, products, ca_certificate_pem, ca_private_key_pem, workers=settings.workers
         )
-        for device, product, credential in zip(devices, products, issued, strict=True):
-            line = encode_line(parameters_for(product, device, credential.certificate_pem))
-            group = lines[product.group]
-            ledger.append(
-                {
-                    "row": device["row"],
-                    "model": device["model"],
-                    "serial_number": device["serial_number"],
-                    "thing_name": device["thing_name"],
-                    "group": product.group,
-                    "position": len(group),
-                    "bytes": len(line),
-                    "certificate_id": credential.certificate_id,
-                }
-            )
-            group.append(line)
-            if credential.private_key_pem is not None:
-                sealed.append(
-                    {
-                        "thing_name": device["thing_name"],
-                        "serial_number": device["serial_number"],
-                        "model": device["model"],
-                        "row": device["row"],
-                        "certificate_id": credential.certificate_id,
-                        "certificate_pem": credential.certificate_pem,
-                        "private_key_pem": credential.private_key_pem,
-                    }
-                )
         bundle_key = None
-        if sealed:
-            bundle = key_bundle.seal(sealed, recipient, batch_id=batch["batch_id"], chunk=index)
-            sealed.clear()
+        if output.sealed:
+            bundle = key_bundle.seal_payload(
+                output.bundle, output.sealed, recipient, batch_id=batch["batch_id"], chunk=index
+            )
+            output.bundle = b""
             bundle_key = f"{batch['run_prefix']}bundles/chunk-{index:05d}.fkb"
             put_bytes(s3, settings.bucket, bundle_key, bundle)
-        for group, group_lines in lines.items():
-            put_bytes(s3, settings.bucket, f"{prefix}params-{group}.jsonl", b"".join(group_lines))
-        put_bytes(s3, settings.bucket, f"{prefix}ledger.jsonl", _jsonl(ledger))
-        put_bytes(
-            s3, settings.bucket, f"{batch['run_prefix']}ca-certificate.pem", ca_certificate_pem.encode()
-        )
+        for group, lines in output.params.items():
+            put_bytes(s3, settings.bucket, f"{prefix}params-{group}.jsonl", lines)
+        put_bytes(s3, settings.bucket, f"{prefix}ledger.jsonl", output.ledger)
+        if index == 0:  # once per run: every run with devices has chunk 0
+            put_bytes(
+                s3, settings.bucket, f"{batch['run_prefix']}ca-certificate.pem", ca_certificate_pem.encode()
+            )
     return {
         "index": index,
         "devices": len(devices),
         "bundle_key": bundle_key,
-        "groups": {group: len(group_lines) for group, group_lines in sorted(lines.items())},
+        "groups": dict(sorted(output.counts.items())),
     }
 
 
