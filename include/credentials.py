@@ -7,6 +7,7 @@ bytes objects per slice, so the pipeline process only joins and uploads them.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import logging
 import multiprocessing
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 
 import orjson
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from include.catalog import Product
@@ -30,9 +31,8 @@ log = logging.getLogger(__name__)
 # Below this many devices per worker a pool costs more (start-up, imports) than it saves.
 MIN_DEVICES_PER_WORKER = 250
 SLICES_PER_WORKER = 4
-PEM, DER = serialization.Encoding.PEM, serialization.Encoding.DER
+PEM = serialization.Encoding.PEM
 PKCS8, NO_ENCRYPTION = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-SHA256 = hashes.SHA256()
 T = TypeVar("T")
 
 
@@ -127,6 +127,13 @@ def _issue(
     return certificate, key.private_bytes(PEM, PKCS8, NO_ENCRYPTION)
 
 
+def _certificate_pem_and_id(certificate: x509.Certificate) -> tuple[str, str]:
+    """PEM and AWS certificate id (SHA-256 of the DER); the DER is decoded from the PEM, not encoded again."""
+    pem = certificate.public_bytes(PEM)
+    body = pem[pem.index(b"\n") + 1 : pem.rindex(b"-----END")]
+    return pem.decode("ascii"), hashlib.sha256(binascii.a2b_base64(body)).hexdigest()
+
+
 def issue_slice(
     ca_certificate_pem: str, ca_private_key_pem: str, requests: Sequence[DeviceRequest]
 ) -> list[IssuedCredential]:
@@ -137,10 +144,11 @@ def issue_slice(
         certificate, key_pem = _issue(
             ca, request.thing_name, request.serial_number, request.key_algorithm, request.csr
         )
+        certificate_pem, certificate_id = _certificate_pem_and_id(certificate)
         issued.append(
             IssuedCredential(
-                certificate_pem=certificate.public_bytes(PEM).decode("ascii"),
-                certificate_id=certificate.fingerprint(SHA256).hex(),
+                certificate_pem=certificate_pem,
+                certificate_id=certificate_id,
                 private_key_pem=key_pem.decode("ascii") if key_pem is not None else None,
             )
         )
@@ -164,8 +172,7 @@ def issue_lines(
         certificate, key_pem = _issue(
             ca, device["thing_name"], device["serial_number"], spec.key_algorithm, csr
         )
-        certificate_pem = certificate.public_bytes(PEM).decode("ascii")
-        certificate_id = certificate.fingerprint(SHA256).hex()
+        certificate_pem, certificate_id = _certificate_pem_and_id(certificate)
         line = encode_parameters(device, certificate_pem, spec.attributes)
         params[spec.group].append(line)
         ledger.append(_ledger_line(device, spec.group, len(line), certificate_id))
