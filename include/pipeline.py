@@ -12,6 +12,7 @@ S3 layout (bucket = settings.bucket):
                                    /params/{group}.jsonl       bulk-registration input, one per group
                                    /templates/{group}.json     the rendered provisioning template
                                    /ledger.jsonl               row <-> group line/offset <-> certificate id
+                                   /ledger/{group}.jsonl       the same entries, one file per group
                                    /failed/{group}.csv, /failed.csv   retry manifests (manifest's own format)
                                    /summary.json, /report.md
 """
@@ -19,9 +20,12 @@ S3 layout (bucket = settings.bucket):
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime as dt
 import hashlib
+import io
 import json
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -33,7 +37,8 @@ from include import key_bundle
 from include.catalog import Catalog, load_catalog
 from include.certificate_authority import certificate_id_from_pem
 from include.credentials import ProductSpec, issue_chunk
-from include.errors import AccountingError, ManifestError, PreflightError, ReconcileError
+from include.csv_safety import write_csv
+from include.errors import AccountingError, ManifestError, PreflightError, ReconcileError, SourceError
 from include.inventory import PENDING, Inventory
 from include.manifest import quarantine_csv, read_manifest, retry_csv, validate_manifest
 from include.reports import parse_report_line
@@ -408,6 +413,48 @@ def issue_credentials(
 
 
 # -- 5. parameter files ----------------------------------------------------------------------------------
+def _run_ledger(
+    s3: Any, settings: Settings, batch: dict, ordered: list[dict]
+) -> tuple[list[dict[str, Any]], dict[str, int], dict[str, int]]:
+    """Chunk ledgers in chunk order, each entry given its 1-based line and end offset in its group's file.
+
+    Returns (entries, lines per group, bytes per group).
+    """
+    ledger: list[dict[str, Any]] = []
+    next_line: dict[str, int] = defaultdict(int)
+    end_offset: dict[str, int] = defaultdict(int)
+    for chunk in ordered:
+        index = int(chunk["index"])
+        data = get_bytes(s3, settings.bucket, f"{_chunk_prefix(batch, index)}ledger.jsonl")
+        for raw in data.splitlines():
+            if not raw:
+                continue
+            entry = orjson.loads(raw)
+            entry.pop("position", None)  # written by earlier versions, not part of the run ledger
+            group = entry["group"]
+            next_line[group] += 1
+            end_offset[group] += entry.pop("bytes")
+            entry["line"], entry["offset"], entry["chunk"] = next_line[group], end_offset[group], index
+            ledger.append(entry)
+    return ledger, next_line, end_offset
+
+
+def _put_ledger(s3: Any, settings: Settings, batch: dict, ledger: list[dict[str, Any]]) -> None:
+    """The run ledger, and one ledger per group so that each reconcile reads only its own entries."""
+    lines = [orjson.dumps(e) + b"\n" for e in ledger]
+    by_group: dict[str, list[bytes]] = defaultdict(list)
+    for entry, line in zip(ledger, lines, strict=True):
+        by_group[entry["group"]].append(line)
+    ndjson = "application/x-ndjson"
+    for group, group_lines in by_group.items():
+        put_bytes(s3, settings.bucket, _group_ledger_key(batch, group), b"".join(group_lines), ndjson)
+    put_bytes(s3, settings.bucket, f"{batch['run_prefix']}ledger.jsonl", b"".join(lines), ndjson)
+
+
+def _group_ledger_key(batch: dict, group: str) -> str:
+    return f"{batch['run_prefix']}ledger/{group}.jsonl"
+
+
 def write_parameter_files(s3: Any, settings: Settings, batch: dict, chunks: list[dict]) -> list[dict]:
     """Concatenate chunk parts into one parameter file per registration group; upload its template.
 
@@ -423,29 +470,7 @@ def write_parameter_files(s3: Any, settings: Settings, batch: dict, chunks: list
         by_group = {p.group: p for p in catalog.products.values()}
         ca_pem = get_bytes(s3, settings.bucket, f"{batch['run_prefix']}ca-certificate.pem").decode("ascii")
         groups = sorted({g for c in ordered for g, n in c["groups"].items() if n})
-        ledger: list[dict[str, Any]] = []
-        next_line: dict[str, int] = defaultdict(int)
-        end_offset: dict[str, int] = defaultdict(int)
-        for chunk in ordered:
-            for entry in _read_jsonl(
-                s3, settings.bucket, f"{_chunk_prefix(batch, int(chunk['index']))}ledger.jsonl"
-            ):
-                group = entry["group"]
-                next_line[group] += 1
-                end_offset[group] += entry["bytes"]
-                ledger.append(
-                    {
-                        "row": entry["row"],
-                        "model": entry["model"],
-                        "serial_number": entry["serial_number"],
-                        "thing_name": entry["thing_name"],
-                        "group": group,
-                        "line": next_line[group],
-                        "offset": end_offset[group],
-                        "certificate_id": entry["certificate_id"],
-                        "chunk": int(chunk["index"]),
-                    }
-                )
+        ledger, lines, end_offset = _run_ledger(s3, settings, batch, ordered)
         counter["devices"] = len(ledger)
         for group in groups:
             params_key = f"{batch['run_prefix']}params/{group}.jsonl"
@@ -465,15 +490,13 @@ def write_parameter_files(s3: Any, settings: Settings, batch: dict, chunks: list
             entries.append(
                 {
                     "group": group,
-                    "lines": next_line[group],
+                    "lines": lines[group],
                     "params_key": params_key,
                     "template_key": template_key,
                     "bucket": settings.bucket,
                 }
             )
-        put_bytes(
-            s3, settings.bucket, f"{batch['run_prefix']}ledger.jsonl", _jsonl(ledger), "application/x-ndjson"
-        )
+        _put_ledger(s3, settings, batch, ledger)
         _inventory(settings).record_outcomes(
             batch["run_id"],
             batch["batch_id"],
@@ -500,6 +523,34 @@ def template_body(s3: Any, settings: Settings, group: dict) -> str:
 
 
 # -- 8. reconcile ----------------------------------------------------------------------------------------
+def _ledger_of_group(s3: Any, settings: Settings, batch: dict, group: str) -> dict[int, dict[str, Any]]:
+    """The group's ledger entries by parameter line (its own file; the run ledger for runs written before)."""
+    try:
+        lines = get_bytes(s3, settings.bucket, _group_ledger_key(batch, group)).splitlines()
+    except SourceError:
+        lines = get_bytes(s3, settings.bucket, f"{batch['run_prefix']}ledger.jsonl").splitlines()
+    entries = (orjson.loads(line) for line in lines if line)
+    return {e["line"]: e for e in entries if e["group"] == group}
+
+
+def _retry_manifest(s3: Any, settings: Settings, batch: dict, rows: list[int]) -> bytes:
+    """retry_csv of these rows; with none, only the header is needed, not a parse of the whole manifest."""
+    data = get_bytes(s3, settings.bucket, batch["manifest_key"])
+    if not rows:
+        return write_csv(_manifest_header(data), [])
+    return retry_csv(read_manifest(data), rows)
+
+
+def _manifest_header(data: bytes) -> list[str]:
+    """The header row as read_manifest finds it (first non-blank row) in a manifest validate accepted."""
+    csv.field_size_limit(sys.maxsize)  # as read_manifest: a long header cell is not an error here either
+    text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")
+    for cells in csv.reader(text, strict=True):
+        if cells and any(c.strip() for c in cells):
+            return cells
+    raise ManifestError("the manifest has no header row: every line is blank")
+
+
 def reconcile(
     s3: Any,
     settings: Settings,
@@ -518,11 +569,7 @@ def reconcile(
     name = group["group"]
     counter: dict[str, int] = {}
     with _timed(settings, batch, f"reconcile[{name}]", counter):
-        ledger = {
-            e["line"]: e
-            for e in _read_jsonl(s3, settings.bucket, f"{batch['run_prefix']}ledger.jsonl")
-            if e["group"] == name
-        }
+        ledger = _ledger_of_group(s3, settings, batch, name)
         counter["devices"] = len(ledger)
         task_id = registration.get("task_id")
         outcomes: dict[int, dict[str, Any]] = {}
@@ -615,8 +662,9 @@ def reconcile(
             inventory.record_registration_status(batch["batch_id"], batch["run_id"], name, registration)
         failed_rows = sorted(o["manifest_row"] for o in outcomes.values() if o["outcome"] == "failed")
         failed_key = f"{batch['run_prefix']}failed/{name}.csv"
-        table = read_manifest(get_bytes(s3, settings.bucket, batch["manifest_key"]))
-        put_bytes(s3, settings.bucket, failed_key, retry_csv(table, failed_rows), "text/csv")
+        put_bytes(
+            s3, settings.bucket, failed_key, _retry_manifest(s3, settings, batch, failed_rows), "text/csv"
+        )
     provisioned = sum(1 for o in outcomes.values() if o["outcome"] == "provisioned")
     return {
         "group": name,

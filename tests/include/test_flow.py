@@ -68,6 +68,10 @@ def test_sample_manifest_twice(fresh_emulator, iot_client, s3_client, tmp_path, 
     entry = next(e for e in ledger if e["model"] == "GW-200")
     principals = iot_client.list_thing_principals(thingName=entry["thing_name"])["principals"]
     assert principals == [f"arn:aws:iot:us-east-1:123456789012:cert/{entry['certificate_id']}"]
+    for group in ("GW-200", "TH-100"):  # reconcile reads its group's own ledger: the same entries
+        own = objects[f"{batch['run_prefix']}ledger/{group}.jsonl"].splitlines()
+        assert [json.loads(line) for line in own] == [e for e in ledger if e["group"] == group]
+        assert [e["line"] for e in ledger if e["group"] == group] == list(range(1, len(own) + 1))
 
     # The factory line opens every bundle; together they hold one key per TH-100 device, none for GW-200.
     bundles = [k for k in objects if k.endswith(".fkb")]

@@ -124,3 +124,20 @@ def test_settings_from_env(tmp_path):
     assert settings.bundle_recipient_public_key == str(tmp_path / "factory-line" / "recipient.pub.pem")
     with pytest.raises(ValueError, match="PIPELINE_CHUNK_SIZE must be an integer"):
         Settings.from_env({"PIPELINE_CHUNK_SIZE": "many"})
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"serial_number,model\nA1,TH-100\n",
+        '\ufeff\r\n ,\r\nSerial_Number , Model,"multi\r\nline"\r\nA1,TH-100,x\r\n'.encode(),
+        b"serial_number,model",
+    ],
+)
+def test_retry_manifest_header_without_parsing_rows_is_read_manifests(data):
+    from include.manifest import read_manifest, retry_csv
+    from include.pipeline import _manifest_header
+
+    table = read_manifest(data)
+    assert _manifest_header(data) == table.header
+    assert write_csv(_manifest_header(data), []) == retry_csv(table, [])
