@@ -42,7 +42,9 @@ def not_found(message: str) -> IotError:
 
 
 def already_exists(message: str, resource_id: str | None = None, resource_arn: str | None = None) -> IotError:
-    return IotError("ResourceAlreadyExistsException", message, resourceId=resource_id, resourceArn=resource_arn)
+    return IotError(
+        "ResourceAlreadyExistsException", message, resourceId=resource_id, resourceArn=resource_arn
+    )
 
 
 def delete_conflict(message: str) -> IotError:

@@ -299,7 +299,8 @@ def test_register_lost_after_start_resumes_the_same_aws_task(
     # single slot meanwhile, already completed; either way it follows that task instead of starting one.
     logs = capfd.readouterr().out + caplog.text
     assert re.search(
-        rf"Resuming registration task {lost[0]}|Registration task {lost[0]} for group TH-100 already completed",
+        rf"Resuming registration task {lost[0]}"
+        rf"|Registration task {lost[0]} for group TH-100 already completed",
         logs,
     ), logs[-2000:]
 
