@@ -37,26 +37,6 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class DeviceRequest:
-    """What one device needs: a name for the certificate subject and either a key algorithm or a CSR."""
-
-    thing_name: str
-    serial_number: str
-    key_algorithm: str  # ec-p256 | rsa-2048, used when csr is None
-    csr: str | None = None
-
-
-@dataclass(frozen=True)
-class IssuedCredential:
-    certificate_pem: str
-    certificate_id: str
-    private_key_pem: str | None  # None when the device holds its own key (CSR mode)
-
-    def __repr__(self) -> str:  # never show the key
-        return f"IssuedCredential(certificate_id={self.certificate_id!r})"
-
-
-@dataclass(frozen=True)
 class ProductSpec:
     """The part of a catalog product a worker needs (small and cheap to pickle)."""
 
@@ -132,27 +112,6 @@ def _certificate_pem_and_id(certificate: x509.Certificate) -> tuple[str, str]:
     pem = certificate.public_bytes(PEM)
     body = pem[pem.index(b"\n") + 1 : pem.rindex(b"-----END")]
     return pem.decode("ascii"), hashlib.sha256(binascii.a2b_base64(body)).hexdigest()
-
-
-def issue_slice(
-    ca_certificate_pem: str, ca_private_key_pem: str, requests: Sequence[DeviceRequest]
-) -> list[IssuedCredential]:
-    """Issue credentials for a slice of devices (runs in a worker process or inline)."""
-    ca = _authority(ca_certificate_pem, ca_private_key_pem)
-    issued = []
-    for request in requests:
-        certificate, key_pem = _issue(
-            ca, request.thing_name, request.serial_number, request.key_algorithm, request.csr
-        )
-        certificate_pem, certificate_id = _certificate_pem_and_id(certificate)
-        issued.append(
-            IssuedCredential(
-                certificate_pem=certificate_pem,
-                certificate_id=certificate_id,
-                private_key_pem=key_pem.decode("ascii") if key_pem is not None else None,
-            )
-        )
-    return issued
 
 
 def issue_lines(
@@ -258,17 +217,6 @@ def _run_slices(work: Callable[..., T], args: tuple, slices: Sequence[Any], work
             "credentials process pool unavailable; issuing the remaining %d slices inline", len(slices) - done
         )
         yield from (work(*args, part) for part in slices[done:])
-
-
-def issue_credentials(
-    requests: Sequence[DeviceRequest], ca_certificate_pem: str, ca_private_key_pem: str, *, workers: int = 1
-) -> Iterator[IssuedCredential]:
-    """Credentials in request order, spread over `workers` processes when the chunk is big enough."""
-    _authority(ca_certificate_pem, ca_private_key_pem)  # fail fast, in this process, on a bad CA
-    workers = _workers_for(len(requests), workers)
-    slices = _slices(requests, workers * SLICES_PER_WORKER) if workers > 1 else [requests]
-    for issued in _run_slices(issue_slice, (ca_certificate_pem, ca_private_key_pem), slices, workers):
-        yield from issued
 
 
 def issue_chunk(

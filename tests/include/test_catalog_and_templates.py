@@ -10,8 +10,9 @@ import pytest
 
 from include.catalog import load_catalog
 from include.certificate_authority import CertificateAuthority
+from include.credentials import ProductSpec
 from include.errors import CatalogError, TemplateError
-from include.parameter_file import decode_line, encode_line, parameters_for
+from include.parameter_file import encode_parameters
 from include.settings import Settings
 from include.templates import MAX_TEMPLATE_BODY, line_parameters, render_template, template_parameters
 
@@ -127,12 +128,11 @@ def test_template_errors(tmp_path, ca):
 def test_parameter_lines_are_string_valued_orjson(catalog):
     product = catalog.get("TH-100")
     device = {"thing_name": "TH-100-A1", "attributes": {"serialNumber": "A1", "macAddress": ""}}
-    line = encode_line(
-        parameters_for(product, device, "-----BEGIN CERTIFICATE-----\nAB\n-----END CERTIFICATE-----\n")
-    )
+    pem = "-----BEGIN CERTIFICATE-----\nAB\n-----END CERTIFICATE-----\n"
+    line = encode_parameters(device, pem, ProductSpec.of(product).attributes)
     assert line.endswith(b"\n") and line.count(b"\n") == 1  # PEM newlines are escaped inside the JSON string
-    values = decode_line(line)
+    values = orjson.loads(line)
     assert set(values) == line_parameters(product)
     assert all(isinstance(v, str) for v in values.values())
     assert values["ThingName"] == "TH-100-A1" and values["FirmwareVersion"] == ""
-    assert orjson.loads(line) == values
+    assert values["CertificatePem"] == pem

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
+import orjson
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -12,7 +13,7 @@ from cryptography.x509.oid import NameOID
 
 from include import key_bundle
 from include.certificate_authority import CertificateAuthority, certificate_id
-from include.credentials import DeviceRequest, issue_credentials
+from include.credentials import ProductSpec, issue_chunk
 from include.errors import KeyBundleError
 from scripts.generate_manifest import device_csr
 
@@ -22,38 +23,75 @@ def ca() -> CertificateAuthority:
     return CertificateAuthority.create_development()
 
 
-def _requests(count: int) -> list[DeviceRequest]:
+TH = ProductSpec("TH-100", "ec-p256", device_csr=False, attributes=(("serialNumber", "SerialNumber"),))
+GW = ProductSpec("GW-200", "ec-p256", device_csr=True, attributes=())
+LK = ProductSpec("LK-300", "rsa-2048", device_csr=False, attributes=())
+
+
+def _device(row: int, model: str, serial: str, csr: str | None = None) -> bytes:
+    """One record of a chunk's devices.jsonl, as pre-flight writes it."""
+    record = {
+        "row": row,
+        "model": model,
+        "serial_number": serial,
+        "thing_name": f"{model}-{serial}",
+        "attributes": {"serialNumber": serial},
+        "csr": csr,
+    }
+    return orjson.dumps(record)
+
+
+def _devices(count: int) -> list[bytes]:
     return [
-        DeviceRequest(f"GW-200-G{i}", f"G{i}", "ec-p256", device_csr(f"G{i}"))
+        _device(i + 1, "GW-200", f"G{i}", device_csr(f"G{i}"))
         if i % 10 == 0
-        else DeviceRequest(f"TH-100-T{i}", f"T{i}", "ec-p256")
+        else _device(i + 1, "TH-100", f"T{i}")
         for i in range(count)
     ]
 
 
+def _lines(blob: bytes) -> list[dict]:
+    return [orjson.loads(line) for line in blob.splitlines()]
+
+
 @pytest.mark.parametrize("workers", [1, 2])
-def test_credentials_in_order_keys_match_certificates(ca, workers):
-    requests = _requests(600)
-    issued = list(issue_credentials(requests, ca.certificate_pem, ca.private_key_pem(), workers=workers))
-    assert len(issued) == len(requests)
-    for request, credential in zip(requests, issued, strict=True):
-        cert = x509.load_pem_x509_certificate(credential.certificate_pem.encode())
-        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == request.thing_name
-        assert credential.certificate_id == certificate_id(cert)
-        if request.csr:
-            assert credential.private_key_pem is None
-        else:
-            key = serialization.load_pem_private_key(credential.private_key_pem.encode(), None)
-            assert key.public_key() == cert.public_key()
-            assert credential.private_key_pem.startswith("-----BEGIN PRIVATE KEY-----")  # PKCS8, unencrypted
-        assert "PRIVATE" not in repr(credential)
+def test_chunk_in_order_keys_match_certificates(ca, workers):
+    devices = _devices(600)
+    products = {"TH-100": TH, "GW-200": GW}
+    output = issue_chunk(devices, products, ca.certificate_pem, ca.private_key_pem(), workers=workers)
+    assert output.counts == {"GW-200": 60, "TH-100": 540} and output.sealed == 540
+
+    ledger = _lines(output.ledger)
+    assert [entry["row"] for entry in ledger] == list(range(1, 601))  # input order, across slices
+    params = {group: _lines(blob) for group, blob in output.params.items()}
+    certificates = {}
+    for group, lines in params.items():
+        sizes = [len(line) for line in output.params[group].splitlines(keepends=True)]
+        entries = [e for e in ledger if e["group"] == group]
+        assert [e["bytes"] for e in entries] == sizes  # the ledger locates each line in the parameter file
+        for entry, line in zip(entries, lines, strict=True):
+            assert line["ThingName"] == entry["thing_name"] and "PRIVATE" not in orjson.dumps(line).decode()
+            cert = x509.load_pem_x509_certificate(line["CertificatePem"].encode())
+            assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == entry["thing_name"]
+            assert entry["certificate_id"] == certificate_id(cert)
+            certificates[entry["thing_name"]] = cert
+    assert params["TH-100"][0]["SerialNumber"] == "T1"
+
+    bundle = _lines(output.bundle)
+    assert {b["thing_name"] for b in bundle} == {e["thing_name"] for e in ledger if e["group"] == "TH-100"}
+    for record in bundle:
+        assert record["private_key_pem"].startswith("-----BEGIN PRIVATE KEY-----")  # PKCS8, unencrypted
+        key = serialization.load_pem_private_key(record["private_key_pem"].encode(), None)
+        assert key.public_key() == certificates[record["thing_name"]].public_key()
+    assert "PRIVATE" not in repr(output)
 
 
 def test_rsa_product_keys(ca):
-    (credential,) = issue_credentials(
-        [DeviceRequest("X-1", "1", "rsa-2048")], ca.certificate_pem, ca.private_key_pem()
+    output = issue_chunk(
+        [_device(1, "LK-300", "1")], {"LK-300": LK}, ca.certificate_pem, ca.private_key_pem()
     )
-    key = serialization.load_pem_private_key(credential.private_key_pem.encode(), None)
+    (record,) = _lines(output.bundle)
+    key = serialization.load_pem_private_key(record["private_key_pem"].encode(), None)
     assert key.key_size == 2048
 
 
