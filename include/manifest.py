@@ -101,8 +101,8 @@ def read_manifest(data: bytes) -> ManifestTable:
     rows: list[tuple[int, list[str]]] = []
     try:
         for cells in reader:
-            if not cells or all(not c.strip() for c in cells):
-                continue  # blank line
+            if _blank(cells):
+                continue
             if header is None:
                 header = cells
                 continue
@@ -116,6 +116,20 @@ def read_manifest(data: bytes) -> ManifestTable:
     if duplicates:
         raise ManifestError(f"the manifest header names column(s) {duplicates} more than once")
     return ManifestTable(header=header, columns=columns, rows=rows)
+
+
+def read_header(data: bytes) -> list[str]:
+    """Only the header row (the first non-blank one) of a manifest read_manifest accepted: no full parse."""
+    csv.field_size_limit(sys.maxsize)
+    text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")
+    for cells in csv.reader(text, strict=True):
+        if not _blank(cells):
+            return cells
+    raise ManifestError("the manifest has no header row: every line is blank")
+
+
+def _blank(cells: list[str]) -> bool:
+    return not cells or all(not c.strip() for c in cells)
 
 
 def validate_manifest(

@@ -20,12 +20,9 @@ S3 layout (bucket = settings.bucket):
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime as dt
 import hashlib
-import io
 import json
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -40,7 +37,7 @@ from include.credentials import ProductSpec, issue_chunk
 from include.csv_safety import write_csv
 from include.errors import AccountingError, ManifestError, PreflightError, ReconcileError, SourceError
 from include.inventory import PENDING, Inventory
-from include.manifest import quarantine_csv, read_manifest, retry_csv, validate_manifest
+from include.manifest import quarantine_csv, read_header, read_manifest, retry_csv, validate_manifest
 from include.reports import parse_report_line
 from include.settings import Settings
 from include.storage import (
@@ -537,18 +534,8 @@ def _retry_manifest(s3: Any, settings: Settings, batch: dict, rows: list[int]) -
     """retry_csv of these rows; with none, only the header is needed, not a parse of the whole manifest."""
     data = get_bytes(s3, settings.bucket, batch["manifest_key"])
     if not rows:
-        return write_csv(_manifest_header(data), [])
+        return write_csv(read_header(data), [])
     return retry_csv(read_manifest(data), rows)
-
-
-def _manifest_header(data: bytes) -> list[str]:
-    """The header row as read_manifest finds it (first non-blank row) in a manifest validate accepted."""
-    csv.field_size_limit(sys.maxsize)  # as read_manifest: a long header cell is not an error here either
-    text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")
-    for cells in csv.reader(text, strict=True):
-        if cells and any(c.strip() for c in cells):
-            return cells
-    raise ManifestError("the manifest has no header row: every line is blank")
 
 
 def reconcile(

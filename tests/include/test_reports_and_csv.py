@@ -135,9 +135,8 @@ def test_settings_from_env(tmp_path):
     ],
 )
 def test_retry_manifest_header_without_parsing_rows_is_read_manifests(data):
-    from include.manifest import read_manifest, retry_csv
-    from include.pipeline import _manifest_header
+    from include.manifest import read_header, read_manifest, retry_csv
 
     table = read_manifest(data)
-    assert _manifest_header(data) == table.header
-    assert write_csv(_manifest_header(data), []) == retry_csv(table, [])
+    assert read_header(data) == table.header
+    assert write_csv(read_header(data), []) == retry_csv(table, [])
