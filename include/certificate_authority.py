@@ -21,6 +21,26 @@ ACCEPTED_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 MIN_RSA_BITS = 2048
 
 
+def _device_key_usage(key_encipherment: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=key_encipherment,  # RSA key transport; ECDSA keys only sign
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+# Extensions every device certificate carries, built once (their constructors' checks cost per device).
+END_ENTITY = x509.BasicConstraints(ca=False, path_length=None)
+EC_DEVICE_KEY_USAGE, RSA_DEVICE_KEY_USAGE = _device_key_usage(False), _device_key_usage(True)
+CLIENT_AUTH = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
+
+
 def utcnow() -> dt.datetime:
     """The one clock of this module (tests replace it)."""
     return dt.datetime.now(dt.UTC)
@@ -214,22 +234,9 @@ class CertificateAuthority:
         is_rsa = isinstance(public_key, rsa.RSAPublicKey)
         builder = (
             self._builder(x509.Name(attributes), public_key)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=is_rsa,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(END_ENTITY, critical=True)
+            .add_extension(RSA_DEVICE_KEY_USAGE if is_rsa else EC_DEVICE_KEY_USAGE, critical=True)
+            .add_extension(CLIENT_AUTH, critical=False)
         )
         return builder.sign(self.private_key, _signing_hash(self.private_key))
 

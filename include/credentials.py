@@ -7,7 +7,7 @@ bytes objects per slice, so the pipeline process only joins and uploads them.
 
 from __future__ import annotations
 
-import binascii
+import gc
 import hashlib
 import logging
 import multiprocessing
@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import orjson
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from include.catalog import Product
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 MIN_DEVICES_PER_WORKER = 250
 SLICES_PER_WORKER = 4
 PEM = serialization.Encoding.PEM
+SHA256 = hashes.SHA256()
 PKCS8, NO_ENCRYPTION = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
 T = TypeVar("T")
 
@@ -108,10 +109,8 @@ def _issue(
 
 
 def _certificate_pem_and_id(certificate: x509.Certificate) -> tuple[str, str]:
-    """PEM and AWS certificate id (SHA-256 of the DER); the DER is decoded from the PEM, not encoded again."""
-    pem = certificate.public_bytes(PEM)
-    body = pem[pem.index(b"\n") + 1 : pem.rindex(b"-----END")]
-    return pem.decode("ascii"), hashlib.sha256(binascii.a2b_base64(body)).hexdigest()
+    """PEM and AWS certificate id: the SHA-256 fingerprint is of the DER the certificate already holds."""
+    return certificate.public_bytes(PEM).decode("ascii"), certificate.fingerprint(SHA256).hex()
 
 
 def issue_lines(
@@ -205,6 +204,9 @@ def _run_slices(work: Callable[..., T], args: tuple, slices: Sequence[Any], work
     # __main__ in every worker (under Airflow's console script: Airflow imported again, seconds per worker).
     context = multiprocessing.get_context("fork")
     done = 0
+    # Frozen objects are skipped by the workers' garbage collector, so it does not touch (and copy, page by
+    # page) the parent's whole heap: Airflow's, or the bench's in-process emulator.
+    gc.freeze()
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             futures = [pool.submit(work, *args, part) for part in slices]
@@ -217,6 +219,8 @@ def _run_slices(work: Callable[..., T], args: tuple, slices: Sequence[Any], work
             "credentials process pool unavailable; issuing the remaining %d slices inline", len(slices) - done
         )
         yield from (work(*args, part) for part in slices[done:])
+    finally:
+        gc.unfreeze()
 
 
 def issue_chunk(
