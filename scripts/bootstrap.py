@@ -1,15 +1,18 @@
 """Prepare an account for the pipeline, idempotently: what a real AWS account would already have.
 
 Creates (or finds) the bucket, the inbox notifications (S3 ObjectCreated under the inbox prefix -> SQS
-queue), a development factory CA (files under $STATE_DIR/ca/, never in the repository) registered in
-AWS IoT with its verification certificate, the thing types, thing groups and policies the product
-catalog uses, one provisioning template per product, the factory line's bundle key pair under
-$STATE_DIR/factory-line/, and (with --airflow-pool) the Airflow pool that serialises registration tasks.
+queue), the factory CA registered in AWS IoT with its verification certificate (the files
+$STATE_DIR/ca/factory-ca.pem and factory-ca.key.pem, never in the repository; a development CA is made
+there when they are missing and an endpoint is given, or with --create-dev-ca), the thing types, thing
+groups and policies the product catalog uses (a missing policy is created with DEVICE_POLICY below),
+one provisioning template per product, the factory line's bundle key pair under $STATE_DIR/factory-line/,
+and (with --airflow-pool) the Airflow pool that serialises registration tasks.
 
 Works against any endpoint: `--endpoint-url` (or AWS_ENDPOINT_URL) for the emulator, nothing for AWS.
 Prints one JSON object describing what it found or made (no key material).
 
     python -m scripts.bootstrap [--endpoint-url URL] [--state-dir DIR] [--airflow-pool] [--connections-file F]
+                                [--create-dev-ca]
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from include.catalog import Catalog, load_catalog
 from include.certificate_authority import CertificateAuthority, certificate_id_from_pem
@@ -136,11 +139,23 @@ def ensure_inbox_notifications(s3: Any, sqs: Any, bucket: str, prefix: str) -> s
     return queue_url
 
 
-def ensure_development_ca(directory: Path) -> tuple[str, str, bool]:
-    """(certificate PEM, key PEM, created) of the development CA kept under $STATE_DIR/ca/ (key mode 0600)."""
+class BootstrapError(Exception):
+    """A prerequisite bootstrap will not make on its own; the message says what to do."""
+
+
+def ensure_development_ca(directory: Path, create: bool = True) -> tuple[str, str, bool]:
+    """(certificate PEM, key PEM, created) of the factory CA kept under $STATE_DIR/ca/ (key mode 0600).
+
+    Without `create`, a missing CA is an error: no production account gets a development CA by accident.
+    """
     certificate_path, key_path = directory / CA_CERTIFICATE_FILE, directory / CA_KEY_FILE
     if certificate_path.exists() and key_path.exists():
         return certificate_path.read_text(), key_path.read_text(), False
+    if not create:
+        raise BootstrapError(
+            f"no factory CA in {directory} ({CA_CERTIFICATE_FILE} and {CA_KEY_FILE}): put your CA there, "
+            "or pass --create-dev-ca to make a development CA"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     authority = CertificateAuthority.create_development()
     certificate_pem, key_pem = authority.certificate_pem, authority.private_key_pem()
@@ -276,6 +291,7 @@ def bootstrap(
     region: str,
     airflow_pool: bool = False,
     connections_file: Path | None = None,
+    create_dev_ca: bool = True,
 ) -> dict[str, Any]:
     session = boto3.session.Session(region_name=region)
     s3, sqs, iot = (session.client(name, endpoint_url=endpoint_url) for name in ("s3", "sqs", "iot"))
@@ -285,7 +301,7 @@ def bootstrap(
         "bucket_created": ensure_bucket(s3, settings.bucket, region),
     }
     report["inbox_queue_url"] = ensure_inbox_notifications(s3, sqs, settings.bucket, settings.inbox_prefix)
-    certificate_pem, key_pem, report["ca_created"] = ensure_development_ca(local_state / "ca")
+    certificate_pem, key_pem, report["ca_created"] = ensure_development_ca(local_state / "ca", create_dev_ca)
     report["ca_certificate"] = str(local_state / "ca" / CA_CERTIFICATE_FILE)
     report["ca_key"] = str(local_state / "ca" / CA_KEY_FILE)
     report["ca_registration"] = ensure_ca_registered(iot, certificate_pem, key_pem)
@@ -316,6 +332,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="write the factory_ca connection for a secrets backend",
     )
+    parser.add_argument(
+        "--create-dev-ca",
+        action="store_true",
+        help="make a development CA when $STATE_DIR/ca/ has none (implied with --endpoint-url)",
+    )
     args = parser.parse_args(argv)
     local_state = args.state_dir or state_dir()
     try:
@@ -326,9 +347,14 @@ def main(argv: list[str] | None = None) -> int:
             region=args.region,
             airflow_pool=args.airflow_pool,
             connections_file=args.connections_file,
+            create_dev_ca=args.create_dev_ca or bool(args.endpoint_url),
         )
-    except ClientError as error:
+    except (ClientError, BootstrapError) as error:
         print(f"bootstrap failed: {error}", file=sys.stderr)
+        return 1
+    except BotoCoreError as error:  # no credentials, endpoint unreachable, ...
+        where = args.endpoint_url or "AWS (no --endpoint-url or AWS_ENDPOINT_URL: for the emulator, give one)"
+        print(f"bootstrap failed against {where}: {error}", file=sys.stderr)
         return 1
     print(json.dumps(report, sort_keys=True))
     return 0

@@ -1,6 +1,9 @@
 """Generate a factory manifest (CSV, contract v1) with TH-100 and GW-200 devices and optional bad rows.
 
 python -m scripts.generate_manifest --devices 1000 --out data/sample/manifest.csv --bad-rows 20 --gw-share 0.1
+
+Serial numbers are the prefix (TH or GW) and a 9-digit number counting from --first-serial (24000000, the
+sample's); give another start for devices the sample (or an earlier batch) does not already hold.
 """
 
 from __future__ import annotations
@@ -62,9 +65,12 @@ def _weak_rsa_csr(common_name: str) -> str:
     return device_csr(common_name, weak)
 
 
-def good_row(rng: random.Random, index: int, model: str) -> dict[str, str]:
+FIRST_SERIAL = 24_000_000
+
+
+def good_row(rng: random.Random, index: int, model: str, first: int = FIRST_SERIAL) -> dict[str, str]:
     prefix = "TH" if model == "TH-100" else "GW"
-    serial = f"{prefix}{24_000_000 + index:09d}"
+    serial = f"{prefix}{first + index:09d}"
     mac = ":".join(
         f"{b:02x}" for b in [0x00, 0x1A, 0x2B, (index >> 16) & 0xFF, (index >> 8) & 0xFF, index & 0xFF]
     )
@@ -108,14 +114,16 @@ BAD_ROWS = [
 ]
 
 
-def rows(devices: int, bad_rows: int, gw_share: float, seed: int) -> Iterator[list[str]]:
+def rows(
+    devices: int, bad_rows: int, gw_share: float, seed: int, first: int = FIRST_SERIAL
+) -> Iterator[list[str]]:
     rng = random.Random(seed)
     bad_at = set(rng.sample(range(devices), min(bad_rows, devices))) if bad_rows else set()
     emitted_bad = 0
     first_serial: list[str] = []
     for index in range(devices):
         model = "GW-200" if rng.random() < gw_share else "TH-100"
-        row = good_row(rng, index, model)
+        row = good_row(rng, index, model, first)
         if index in bad_at:
             kind = emitted_bad % (len(BAD_ROWS) + 1)
             emitted_bad += 1
@@ -132,10 +140,17 @@ def rows(devices: int, bad_rows: int, gw_share: float, seed: int) -> Iterator[li
         yield cells
 
 
-def write_manifest(handle: io.TextIOBase, devices: int, bad_rows: int, gw_share: float, seed: int) -> None:
+def write_manifest(
+    handle: io.TextIOBase,
+    devices: int,
+    bad_rows: int,
+    gw_share: float,
+    seed: int,
+    first: int = FIRST_SERIAL,
+) -> None:
     writer = csv.writer(handle, lineterminator="\n")
     writer.writerow(HEADER)
-    writer.writerows(rows(devices, bad_rows, gw_share, seed))
+    writer.writerows(rows(devices, bad_rows, gw_share, seed, first))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,16 +162,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--gw-share", type=float, default=0.1, help="share of GW-200 rows (device CSRs)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--first-serial",
+        type=int,
+        default=FIRST_SERIAL,
+        help=f"number of the first serial (default {FIRST_SERIAL}, the sample's)",
+    )
     args = parser.parse_args(argv)
     if args.devices < 0 or not 0 <= args.gw_share <= 1:
         parser.error("--devices must be >= 0 and --gw-share within 0..1")
+    if args.first_serial < 0 or args.first_serial + args.devices > 10**9:
+        parser.error("--first-serial must be >= 0 and leave room for 9-digit serial numbers")
     if args.out == "-":
-        write_manifest(sys.stdout, args.devices, args.bad_rows, args.gw_share, args.seed)  # type: ignore[arg-type]
+        write_manifest(sys.stdout, args.devices, args.bad_rows, args.gw_share, args.seed, args.first_serial)  # type: ignore[arg-type]
     else:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w", newline="", encoding="utf-8") as handle:
-            write_manifest(handle, args.devices, args.bad_rows, args.gw_share, args.seed)  # type: ignore[arg-type]
+            write_manifest(handle, args.devices, args.bad_rows, args.gw_share, args.seed, args.first_serial)  # type: ignore[arg-type]
     return 0
 
 

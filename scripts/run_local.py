@@ -184,8 +184,8 @@ def run_dag(conf: dict[str, Any], env: dict[str, str], log_path: Path, timeout: 
         raise RunError(f"the DAG run failed (exit {code}); see {log_path} (search for 'ERROR')")
 
 
-def latest_summary(task_id: str = "summarize") -> dict[str, Any]:
-    """A task's XCom (the summary; pre-flight's report for a dry run) of the DAG's newest run."""
+def latest_results(*task_ids: str) -> dict[str, Any]:
+    """The return values of these tasks in the DAG's newest run (key material never reaches XCom)."""
     from airflow.models.dagrun import DagRun
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
@@ -197,17 +197,45 @@ def latest_summary(task_id: str = "summarize") -> dict[str, Any]:
         ).first()
         if run is None:
             raise RunError("no DAG run was recorded")
-        row = session.scalars(
+        rows = session.scalars(
             select(XComModel).where(
                 XComModel.dag_id == DAG_ID,
                 XComModel.run_id == run.run_id,
-                XComModel.task_id == task_id,
+                XComModel.task_id.in_(task_ids),
                 XComModel.key == "return_value",
             )
-        ).first()
-        if row is None:
-            raise RunError(f"run {run.run_id} ended {run.state} without a {task_id} result")
-        return XComModel.deserialize_value(row)
+        ).all()
+        results = {row.task_id: XComModel.deserialize_value(row) for row in rows}
+    missing = [task_id for task_id in task_ids if task_id not in results]
+    if missing:
+        raise RunError(f"run {run.run_id} ended {run.state} without a result from {', '.join(missing)}")
+    return results
+
+
+def dry_run_summary(batch: dict, validation: dict, checks: dict) -> dict[str, Any]:
+    """A dry run ends after pre-flight: the same counts as a batch summary, with the rest `planned`."""
+    rows, quarantined = validation["rows"], validation["quarantined"]
+    skipped, planned = checks["skipped"], checks["to_provision"]
+    return {
+        "batch_id": batch["batch_id"],
+        "run_id": batch["run_id"],
+        "source": batch["source"],
+        "dry_run": True,
+        "rows": rows,
+        "provisioned": 0,
+        "failed": 0,
+        "quarantined": quarantined,
+        "skipped": skipped,
+        "planned": planned,
+        "accounted": quarantined + skipped + planned == rows,
+        "reasons": validation["reasons"],
+        "problems": checks["problems"],
+        "files": {
+            "bucket": batch["bucket"],
+            "quarantine": validation["quarantine_key"],
+            "preflight": checks["report_key"],
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,7 +277,11 @@ def main(argv: list[str] | None = None) -> int:
             run_log = logs / f"dag-run-{time.strftime('%Y%m%dT%H%M%S')}.log"
             say(f"running {DAG_ID} on {manifest} (log {run_log})")
             run_dag({"manifest": manifest, "dry_run": args.dry_run}, env, run_log, args.timeout)
-            summary = latest_summary("preflight" if args.dry_run else "summarize")
+            if args.dry_run:
+                results = latest_results("intake", "validate", "preflight")
+                summary = dry_run_summary(results["intake"], results["validate"], results["preflight"])
+            else:
+                summary = latest_results("summarize")["summarize"]
     except RunError as error:
         print(f"[run] FAILED: {error}", file=sys.stderr)
         return 1
