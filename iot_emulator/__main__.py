@@ -66,16 +66,21 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from iot_emulator.persistence import StateDirInUse
     from iot_emulator.server import EmulatorServer
 
-    server = EmulatorServer(
-        args.host,
-        args.port,
-        state_dir=args.state_dir,
-        faults=faults,
-        public_url=args.public_url,
-        verbose=args.verbose,
-    )
+    try:
+        server = EmulatorServer(
+            args.host,
+            args.port,
+            state_dir=args.state_dir,
+            faults=faults,
+            public_url=args.public_url,
+            verbose=args.verbose,
+        )
+    except StateDirInUse as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     def stop(signum: int, _frame: Any) -> None:
         server.request_shutdown()

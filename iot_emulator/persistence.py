@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -15,12 +16,82 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
 IOT_DIR = "iot"
 S3_DIR = "s3"
 SQS_FILE = "sqs.json"
+LOCK_FILE = ".lock"
 DEBOUNCE_SECONDS = 0.5
+
+
+# ---------------------------------------------------------------- one emulator per state dir
+
+
+class StateDirInUse(RuntimeError):
+    """Another emulator holds the state dir's lock: two would overwrite each other's snapshots."""
+
+    def __init__(self, state_dir: Path, pid: int | None) -> None:
+        holder = f"pid {pid}" if pid is not None else "pid unknown"
+        super().__init__(
+            f"state dir {state_dir} is in use by another emulator ({holder}); "
+            "stop it first or use another --state-dir"
+        )
+        self.state_dir = state_dir
+        self.pid = pid
+
+
+class StateDirLock:
+    """An exclusive ``flock`` on ``DIR/.lock`` (holding our pid), for as long as the server runs.
+
+    The kernel drops the lock when its holder exits, however it exits, so a ``.lock`` file left by a killed
+    emulator does not block the next one. The file itself is never deleted (deleting it would let two
+    processes lock two different inodes of the same name).
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock without waiting; raise ``StateDirInUse`` naming the holder's pid if it is taken."""
+        if fcntl is None:  # no flock on this platform: run unguarded, as before
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = _read_pid(fd)
+            os.close(fd)
+            raise StateDirInUse(self.path.parent.resolve(), pid) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def release(self) -> None:
+        """Give the lock up (idempotent)."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)  # closing the last descriptor of the open file releases the flock
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip())
+    except (OSError, ValueError):  # the holder has not written it yet, or the file is not ours
+        return None
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -199,12 +270,13 @@ class DebouncedSaver:
             except Exception:
                 log.exception("saving the emulator state failed")
 
-    def close(self) -> None:
-        """Stop the thread and write a final snapshot."""
+    def close(self, save: bool = True) -> None:
+        """Stop the thread and write a final snapshot (unless ``save`` is false)."""
         self._stopping.set()
         self._wanted.set()
         self._thread.join(10)
-        self.save_now()
+        if save:
+            self.save_now()
 
     def _loop(self) -> None:
         while not self._stopping.is_set():

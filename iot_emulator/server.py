@@ -21,6 +21,7 @@ from iot_emulator.faults import Faults
 from iot_emulator.persistence import (
     DebouncedSaver,
     S3Snapshot,
+    StateDirLock,
     clear_state_dir,
     load_iot_backends,
     load_sqs,
@@ -107,12 +108,29 @@ class EmulatorServer:
         self._saver: DebouncedSaver | None = None
         self._snapshot: S3Snapshot | None = None
         self._thread: threading.Thread | None = None
-        self._server = make_server(host, port, self, threaded=True, request_handler=_request_handler(verbose))
-        self.port = self._server.server_port
-        shown_host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104 - display only
-        self.endpoint_url = f"http://{shown_host}:{self.port}"
-        self.s3.endpoint_url = public_url or self.endpoint_url
-        self._load_state()
+        # One emulator per state dir (else StateDirInUse): two would each save their copy over the other's.
+        self._state_lock: StateDirLock | None = None
+        if self.state_dir is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self._state_lock = StateDirLock(self.state_dir)
+            self._state_lock.acquire()
+        try:
+            self._server = make_server(
+                host, port, self, threaded=True, request_handler=_request_handler(verbose)
+            )
+            self.port = self._server.server_port
+            shown_host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104 - display only
+            self.endpoint_url = f"http://{shown_host}:{self.port}"
+            self.s3.endpoint_url = public_url or self.endpoint_url
+            self._load_state()
+        except BaseException:
+            if self._saver is not None:  # a half-loaded state must not be saved over the files
+                self._saver.close(save=False)
+                self._saver = None
+            if getattr(self, "_server", None) is not None:
+                self._server.server_close()
+            self._release_state_dir()
+            raise
 
     # ------------------------------------------------------------ lifecycle
 
@@ -148,6 +166,12 @@ class EmulatorServer:
         if self._saver is not None:
             self._saver.close()
             self._saver = None
+        self._release_state_dir()  # after the final save
+
+    def _release_state_dir(self) -> None:
+        if self._state_lock is not None:
+            self._state_lock.release()
+            self._state_lock = None
 
     # ------------------------------------------------------------ state
 
@@ -189,7 +213,6 @@ class EmulatorServer:
     def _load_state(self) -> None:
         if self.state_dir is None:
             return
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         self._snapshot = S3Snapshot(self.state_dir, self.s3.account_id)
         self._snapshot.load()
         load_sqs(self.state_dir, self.s3.account_id)
