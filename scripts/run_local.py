@@ -51,11 +51,17 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 30.0) -> None:
+def last_line(path: Path) -> str:
+    lines = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
+    return lines[-1] if lines else ""
+
+
+def wait_healthy(url: str, process: subprocess.Popen, log_path: Path, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RunError(f"the emulator exited with code {process.returncode}")
+            # e.g. "state dir ... is in use by another emulator (pid N)" when `make emulator` still runs
+            raise RunError(f"the emulator exited with code {process.returncode}: {last_line(log_path)}")
         try:
             with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 (our own loopback URL)
                 if response.status == 200:
@@ -83,7 +89,8 @@ def stop_group(process: subprocess.Popen, grace: float = 10.0) -> None:
 def emulator(state_dir: Path, logs: Path) -> Iterator[str]:
     """The emulator on a free loopback port, its state persisted under state_dir/emulator."""
     port = free_port()
-    log_file = (logs / "emulator.log").open("ab")
+    log_path = logs / "emulator.log"
+    log_file = log_path.open("ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "iot_emulator", "--host", "127.0.0.1", "--port", str(port)]
         + ["--state-dir", str(state_dir / "emulator")],
@@ -94,7 +101,7 @@ def emulator(state_dir: Path, logs: Path) -> Iterator[str]:
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(f"{endpoint}/_emulator/health", process)
+        wait_healthy(f"{endpoint}/_emulator/health", process, log_path)
         say(f"emulator up at {endpoint} (state {state_dir / 'emulator'})")
         yield endpoint
     finally:
