@@ -7,7 +7,6 @@ bytes objects per slice, so the pipeline process only joins and uploads them.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import logging
 import multiprocessing
@@ -204,9 +203,6 @@ def _run_slices(work: Callable[..., T], args: tuple, slices: Sequence[Any], work
     # __main__ in every worker (under Airflow's console script: Airflow imported again, seconds per worker).
     context = multiprocessing.get_context("fork")
     done = 0
-    # Frozen objects are skipped by the workers' garbage collector, so it does not touch (and copy, page by
-    # page) the parent's whole heap: Airflow's, or the bench's in-process emulator.
-    gc.freeze()
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             futures = [pool.submit(work, *args, part) for part in slices]
@@ -219,8 +215,6 @@ def _run_slices(work: Callable[..., T], args: tuple, slices: Sequence[Any], work
             "credentials process pool unavailable; issuing the remaining %d slices inline", len(slices) - done
         )
         yield from (work(*args, part) for part in slices[done:])
-    finally:
-        gc.unfreeze()
 
 
 def issue_chunk(
