@@ -82,3 +82,57 @@ def test_registration_tasks_resume(inventory_url):
     task = inventory.registration_task("b", "r1", "TH-100")
     assert (task["task_id"], task["status"], task["success_count"]) == ("task-1", "Completed", 3)
     assert inventory.registration_task("b", "r2", "TH-100") is None  # another run starts its own task
+
+
+def test_bulk_writes_across_pages_are_idempotent(inventory_url):
+    """More rows than one write page, written twice, then updated: one row per key, last update wins."""
+    import datetime as dt
+
+    inventory = Inventory(inventory_url)
+    when = dt.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=dt.UTC)
+    records = [
+        _device(
+            "provisioned" if n % 3 else "failed",
+            thing_name=f"TH-100-S{n}",
+            serial_number=f"S{n}",
+            manifest_row=n,
+            thing_arn=f"arn:t/{n}" if n % 3 else None,
+            provisioned_at=when if n % 3 else None,
+            error_message=None if n % 3 else "100% 'quoted' %s %(x)s ? \\ failure",
+        )
+        for n in range(1, 2502)
+    ]
+    inventory.upsert_devices(records)
+    inventory.upsert_devices(records)
+    assert inventory.count("devices") == 2501
+    assert inventory.provisioned(f"TH-100-S{n}" for n in (1, 2, 3)) == {"TH-100-S1", "TH-100-S2"}
+    device = inventory.device("TH-100-S2")
+    assert device["provisioned_at"].replace(tzinfo=dt.UTC) == when
+    assert inventory.device("TH-100-S3")["error_message"] == "100% 'quoted' %s %(x)s ? \\ failure"
+    assert inventory.device("TH-100-S3")["provisioned_at"] is None
+
+    rows = [{"manifest_row": n, "outcome": "pending", "reason": "it's 50%"} for n in range(1, 2502)]
+    assert inventory.record_outcomes("r1", "b", iter(rows)) == 2501  # a generator is fine
+    assert inventory.record_outcomes("r1", "b", rows) == 2501
+    updates = [{"manifest_row": n, "outcome": "provisioned", "certificate_id": "c"} for n in range(1, 2502)]
+    updates.append({"manifest_row": 7, "outcome": "failed", "reason_code": "X", "reason": "100% it's late"})
+    inventory.update_outcomes("r1", updates)
+    assert inventory.outcome_counts("r1") == {"provisioned": 2500, "failed": 1}
+    failed = next(inventory.outcomes("r1", "failed"))
+    assert (failed["manifest_row"], failed["reason"], failed["certificate_id"]) == (7, "100% it's late", None)
+    assert inventory.count("row_outcomes") == 2501
+    assert next(inventory.outcomes("r1", "provisioned"))["updated_at"] is not None
+
+
+def test_outcome_rows_given_twice_keep_the_last(inventory_url):
+    inventory = Inventory(inventory_url)
+    rows = [
+        {"manifest_row": 1, "outcome": "pending"},
+        {"manifest_row": 1, "outcome": "skipped", "reason": "r"},
+    ]
+    assert inventory.record_outcomes("r1", "b", rows) == 2
+    assert inventory.outcome_counts("r1") == {"skipped": 1}
+    assert inventory.record_outcomes("r1", "b", []) == 0
+    inventory.update_outcomes("r1", [])
+    inventory.upsert_devices([])
+    assert inventory.count("row_outcomes") == 1 and inventory.count("devices") == 0
