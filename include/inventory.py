@@ -213,6 +213,10 @@ class Inventory:
     def _bind(self, column: sa.Column) -> Callable[[Any], Any] | None:
         """The dialect's bind conversion for a column, or None when the driver takes the value as is."""
         dialect = self.engine.dialect
+        if self._multirow and isinstance(column.type, sa.DateTime):
+            # psycopg2 adapts a datetime in ~2 us; an ISO string literal is coerced to the column's type
+            # (INSERT ... VALUES and SET col = literal), naive values in the session time zone as before.
+            return _memo(dt.datetime.isoformat)
         process = column.type.dialect_impl(dialect).bind_processor(dialect)
         return _memo(process) if process is not None else None
 
