@@ -254,9 +254,8 @@ def _validate(
     frame["mac_address"] = _normalised_macs(mac)
     when = frame["manufactured_at"]
     formatted = _iso_dates(when)
-    unparsed = {v for v, iso in formatted.items() if v and not iso}
     refuse(
-        [i for i, v in enumerate(when) if v in unparsed] if unparsed else (),
+        _positions(when, {v for v, iso in formatted.items() if v and not iso}),
         "invalid_date",
         lambda i: f"manufactured_at {_show(when[i])} is not an ISO 8601 date or time",
     )
@@ -371,11 +370,30 @@ def _longer(values: list[str], limit: int) -> list[int]:
 
 
 def _failing(values: list[str], check) -> list[int]:
-    """Positions of values for which check(value) is falsy; each distinct value is checked once."""
-    bad = set(itertools.filterfalse(check, set(values)))
-    if not bad:
+    """Positions (ascending) of values for which check(value) is falsy.
+
+    A column that repeats its values (model, revision, factory, ...) has each distinct value checked once."""
+    sample = values[:1024]
+    distinct = set(values) if 2 * len(set(sample)) < len(sample) else values
+    return _positions(values, set(itertools.filterfalse(check, distinct)))
+
+
+def _positions(values: list, wanted: set) -> list[int]:
+    """Positions (ascending) of the values in wanted; few wanted values: found by list.index."""
+    if not wanted:
         return []
-    return [i for i, v in enumerate(values) if v in bad]
+    if len(wanted) > 8:
+        return [i for i, v in enumerate(values) if v in wanted]
+    found = []
+    for value in wanted:
+        i = -1
+        try:
+            while True:
+                i = values.index(value, i + 1)
+                found.append(i)
+        except ValueError:
+            pass
+    return sorted(found)
 
 
 def _groups(models: list[str], catalog: Catalog) -> dict[str, list[int]]:
@@ -390,13 +408,19 @@ def _groups(models: list[str], catalog: Catalog) -> dict[str, list[int]]:
 
 def _normalised_macs(mac: list[str]) -> list[str]:
     """'-' becomes ':' and hex is lower-case; a bare 12-character value gets a ':' after every pair."""
-    normal = {
-        value: _COLON_PAIRS.sub(r"\1:", value.lower())
-        if len(value) == 12
-        else value.replace("-", ":").lower()
-        for value in set(mac)
-    }
-    return list(map(normal.__getitem__, mac))
+    joined = "\n".join(mac)
+    if joined.count("\n") != len(mac) - 1:  # a value holds a line break: value by value
+        return [_normalised_mac(value) for value in mac]
+    # Line breaks separate the values and neither replace nor lower touches them: one pass for all.
+    normal = joined.replace("-", ":").lower().split("\n") if mac else []
+    lengths = list(map(len, mac))
+    for i in _positions(lengths, {12}):
+        normal[i] = _normalised_mac(mac[i])
+    return normal
+
+
+def _normalised_mac(value: str) -> str:
+    return _COLON_PAIRS.sub(r"\1:", value.lower()) if len(value) == 12 else value.replace("-", ":").lower()
 
 
 def _iso_dates(when: list[str]) -> dict[str, str]:
