@@ -10,7 +10,9 @@ import csv
 import gc
 import io
 import itertools
+import operator
 import re
+import string
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -447,12 +449,40 @@ def _thing_names(
         fields = product.name_fields
         columns = [_take(frame[f], rows) if f in frame else [""] * len(rows) for f in fields]
         pattern = product.thing_name
-        made = [
-            pattern.format_map(dict(zip(fields, cells, strict=True))) for cells in zip(*columns, strict=True)
-        ]
+        made = _concatenated(pattern, model, dict(zip(fields, columns, strict=True)), len(rows))
+        if made is None:
+            made = [
+                pattern.format_map(dict(zip(fields, cells, strict=True)))
+                for cells in zip(*columns, strict=True)
+            ]
         for i, name in zip(rows, made, strict=True):
             names[i] = name
     return names
+
+
+def _concatenated(pattern: str, model: str, columns: dict[str, list[str]], count: int) -> list[str] | None:
+    """pattern.format_map per row as plain concatenation ({model} is the group's model), or None if a field
+    has a conversion or format spec (then format_map does it)."""
+    pieces: list[str | list[str]] = []
+    for literal, name, spec, conversion in string.Formatter().parse(pattern):
+        pieces.append(literal)
+        if name is not None:
+            if spec or conversion is not None:
+                return None
+            pieces.append(model if name == "model" else columns[name])
+    made = [""] * count
+    text = ""
+    for piece in pieces:
+        if isinstance(piece, str):
+            text += piece
+            continue
+        if text:
+            made = list(map(operator.add, made, itertools.repeat(text, count)))
+            text = ""
+        made = list(map(operator.add, made, piece))
+    if text:
+        made = list(map(operator.add, made, itertools.repeat(text, count)))
+    return made
 
 
 def _attributes(
