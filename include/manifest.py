@@ -10,9 +10,7 @@ import csv
 import gc
 import io
 import itertools
-import operator
 import re
-import string
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -36,11 +34,6 @@ MAC_PATTERN = r"(?:[0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}|[0-9A-Fa-f]{12}"
 THING_NAME = re.compile(r"[a-zA-Z0-9:_-]+")
 ATTRIBUTE_VALUE_PATTERN = r"[a-zA-Z0-9_.,@/:#=\[\]-]*"
 MAX_ATTRIBUTE_VALUE = 800
-# The checks as one compiled fullmatch each; a length bound in the pattern is the length check.
-_SERIAL = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_SERIAL - 1}}}")
-_MAC_OR_EMPTY = re.compile(f"(?:{MAC_PATTERN})?")
-_ATTRIBUTE_VALUE = re.compile(rf"{ATTRIBUTE_VALUE_PATTERN[:-1]}{{0,{MAX_ATTRIBUTE_VALUE}}}")
-_COLON_PAIRS = re.compile(r"(..)(?!$)")
 
 # Every reason a row can be refused for, with the sentence's general form (the row's sentence is specific).
 REASONS = {
@@ -158,11 +151,7 @@ def validate_manifest(
     product: str | None = None,
     max_devices: int | None = None,
 ) -> Validation:
-    """Check every row against contract v1 and the catalog; the first failing check names the row's reason.
-
-    The checks run column by column over plain lists (one compiled regex or string method per column, each
-    distinct value tested once); a row keeps the reason of the first check it fails.
-    """
+    """Check every row against contract v1 and the catalog; the first failing check names the row's reason."""
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns and not (c == "model" and product)]
     if missing:
         raise ManifestError(
@@ -180,16 +169,18 @@ def _validate(
 ) -> Validation:
     width = len(table.columns)
     reason: dict[int, tuple[str, str]] = {}
-    good = [row for row in table.rows if len(row[1]) == width]
-    if len(good) != len(table.rows):
-        for number, cells in table.rows:
-            if len(cells) != width:
-                reason[number] = ("malformed_row", f"the row has {len(cells)} fields, the header has {width}")
-    numbers = [number for number, _ in good]
-    count = len(numbers)
-    # Column name -> cleaned values, in the header's order (then the optional columns the header lacks).
-    raw = list(zip(*(cells for _, cells in good), strict=True)) if good else [()] * width
-    frame: dict[str, list[str]] = {c: _clean_column(v) for c, v in zip(table.columns, raw, strict=True)}
+    good = []
+    for number, cells in table.rows:
+        if len(cells) != width:
+            reason[number] = ("malformed_row", f"the row has {len(cells)} fields, the header has {width}")
+        else:
+            good.append((number, cells))
+    frame = pd.DataFrame(
+        [[_clean(cell) for cell in cells] for _, cells in good],
+        columns=table.columns,
+        dtype=object,
+        index=[n for n, _ in good],
+    )
     for column in (
         "mac_address",
         "hardware_revision",
@@ -200,138 +191,137 @@ def _validate(
         "csr",
     ):
         if column not in frame:
-            frame[column] = [""] * count
+            frame[column] = ""
     if product is not None:
-        frame["model"] = [product] * count
+        frame["model"] = product
 
-    def refuse(positions: Iterable[int], code: str, sentence) -> None:
-        """Give `code` to rows (by position) that have no reason yet; sentence(position) or a fixed string."""
-        for i in positions:
-            number = numbers[i]
+    def refuse(mask: pd.Series, code: str, sentence) -> None:
+        """Give `code` to rows in mask that have no reason yet; sentence(row_number) or a fixed string."""
+        for number in frame.index[mask.to_numpy()]:
             if number not in reason:
-                reason[number] = (code, sentence(i) if callable(sentence) else sentence)
+                reason[number] = (code, sentence(number) if callable(sentence) else sentence)
 
-    too_long: dict[int, str] = {}  # position -> first column (in frame order) over the limit
-    for column, values in frame.items():
-        if column != "csr":
-            for i in _longer(values, MAX_FIELD):
-                too_long.setdefault(i, column)
-    refuse(
-        sorted(too_long),
-        "field_too_long",
-        lambda i: f"field {too_long[i]} is longer than {MAX_FIELD} characters",
-    )
-    refuse(_longer(frame["csr"], MAX_CSR), "field_too_long", f"field csr is longer than {MAX_CSR} characters")
-    for column in REQUIRED_COLUMNS:
-        values = frame[column]
-        if "" in values:
-            refuse(
-                [i for i, v in enumerate(values) if not v],
-                "missing_field",
-                f"required field {column} is empty",
-            )
-    models = frame["model"]
-    groups = _groups(models, catalog)  # model -> positions of its rows, for models in the catalog
-    if sum(map(len, groups.values())) != count:
+    def pending() -> pd.Series:
+        return ~frame.index.isin(list(reason))
+
+    lengths_other = [frame[c].str.len() > MAX_FIELD for c in frame.columns if c != "csr"]
+    if lengths_other:
+        too_long = pd.concat(lengths_other, axis=1).any(axis=1)
         refuse(
-            [i for i, m in enumerate(models) if m not in catalog.products],
-            "unknown_model",
-            lambda i: f"model {models[i]!r} is not in the product catalog",
+            too_long,
+            "field_too_long",
+            lambda n: (
+                "field "
+                + next(c for c in frame.columns if c != "csr" and len(frame.at[n, c]) > MAX_FIELD)
+                + f" is longer than {MAX_FIELD} characters"
+            ),
         )
-    serials = frame["serial_number"]
     refuse(
-        _failing(serials, _SERIAL.fullmatch),
+        frame["csr"].str.len() > MAX_CSR, "field_too_long", f"field csr is longer than {MAX_CSR} characters"
+    )
+    for column in REQUIRED_COLUMNS:
+        refuse(frame[column] == "", "missing_field", f"required field {column} is empty")
+    known = frame["model"].isin(list(catalog.products))
+    refuse(~known, "unknown_model", lambda n: f"model {frame.at[n, 'model']!r} is not in the product catalog")
+    serial = frame["serial_number"]
+    refuse(
+        ~serial.str.fullmatch(SERIAL_PATTERN) | (serial.str.len() > MAX_SERIAL),
         "invalid_serial",
-        lambda i: (
-            f"serial number {_show(serials[i])} must be 1-{MAX_SERIAL} letters, digits, "
+        lambda n: (
+            f"serial number {_show(frame.at[n, 'serial_number'])} must be 1-{MAX_SERIAL} letters, digits, "
             "'.', '_' or '-', starting with a letter or digit"
         ),
     )
     mac = frame["mac_address"]
     refuse(
-        _failing(mac, _MAC_OR_EMPTY.fullmatch),
+        (mac != "") & ~mac.str.fullmatch(MAC_PATTERN),
         "invalid_mac",
-        lambda i: f"mac_address {_show(mac[i])} is not six hex octets like 00:1a:2b:3c:4d:5e",
+        lambda n: (
+            f"mac_address {_show(frame.at[n, 'mac_address'])} is not six hex octets like 00:1a:2b:3c:4d:5e"
+        ),
     )
-    frame["mac_address"] = _normalised_macs(mac)
+    bare = mac.str.len() == 12
+    frame["mac_address"] = mac.str.replace("-", ":").str.lower()
+    if bare.any():
+        frame.loc[bare, "mac_address"] = _colons(mac[bare])
     when = frame["manufactured_at"]
-    formatted = _iso_dates(when)
+    parsed = pd.to_datetime(when.where(when != ""), format="ISO8601", utc=True, errors="coerce")
     refuse(
-        _positions(when, {v for v, iso in formatted.items() if v and not iso}),
+        (when != "") & parsed.isna(),
         "invalid_date",
-        lambda i: f"manufactured_at {_show(when[i])} is not an ISO 8601 date or time",
+        lambda n: f"manufactured_at {_show(frame.at[n, 'manufactured_at'])} is not an ISO 8601 date or time",
     )
-    frame["manufactured_at"] = list(map(formatted.__getitem__, when))
+    frame["manufactured_at"] = parsed.dt.strftime("%Y-%m-%dT%H:%M:%SZ").fillna("")
+    modes = frame["model"].map(lambda m: catalog.products[m].certificate_mode if m in catalog else "")
     csr = frame["csr"]
-    if any("\\n" in pem for pem in set(csr)):
-        csr = [pem.replace("\\n", "\n") for pem in csr]
+    escaped = csr.str.contains("\\n", regex=False)
+    if escaped.any():
+        csr = csr.where(~escaped, csr[escaped].str.replace("\\n", "\n", regex=False))
     frame["csr"] = csr
-    device_csr = sorted(
-        i for m, rows in groups.items() if catalog.products[m].certificate_mode == "device_csr" for i in rows
-    )
-    own_key = sorted(
-        i for m, rows in groups.items() if catalog.products[m].certificate_mode == "own_ca_key" for i in rows
-    )
     refuse(
-        [i for i in device_csr if not csr[i]],
+        (modes == "device_csr") & (csr == ""),
         "csr_required",
-        lambda i: f"product {models[i]} needs a device CSR and the csr field is empty",
+        lambda n: f"product {frame.at[n, 'model']} needs a device CSR and the csr field is empty",
     )
     refuse(
-        [i for i in own_key if csr[i]],
+        (modes == "own_ca_key") & (csr != ""),
         "csr_not_allowed",
-        lambda i: f"product {models[i]} gets its keys from the pipeline; remove the row's CSR",
+        lambda n: f"product {frame.at[n, 'model']} gets its keys from the pipeline; remove the row's CSR",
     )
-    thing_names = _thing_names(frame, catalog, groups, count)
+    thing_names = _thing_names(frame, catalog)
     refuse(
-        _longer(thing_names, MAX_THING_NAME),
+        (thing_names.str.len() > MAX_THING_NAME),
         "thing_name_too_long",
-        lambda i: (
-            f"thing name {thing_names[i][:40]}... has {len(thing_names[i])} characters, at most 128 allowed"
+        lambda n: (
+            f"thing name {thing_names[n][:40]}... has {len(thing_names[n])} characters, at most 128 allowed"
         ),
     )
     refuse(
-        _failing(thing_names, THING_NAME.fullmatch),
+        ~thing_names.str.fullmatch(THING_NAME.pattern),
         "thing_name_invalid",
-        lambda i: f"thing name {_show(thing_names[i])} may only hold letters, digits, ':', '_' and '-'",
+        lambda n: f"thing name {_show(thing_names[n])} may only hold letters, digits, ':', '_' and '-'",
     )
-    attributes = _attributes(frame, catalog, groups, refuse)
+    attributes = _attributes(frame, catalog, refuse)
     ignored = sorted(
         c
         for c in table.columns
         if c not in REQUIRED_COLUMNS and c != "csr" and c not in catalog.mapped_columns
     )
     # Duplicates among rows still in the running: the first occurrence wins.
-    live = [i for i, number in enumerate(numbers) if number not in reason]
-    live_names = list(map(thing_names.__getitem__, live))
-    if len(set(live_names)) != len(live_names):
-        first_row: dict[str, int] = {}
-        for i, name in zip(live, live_names, strict=True):
-            number = numbers[i]
-            earlier = first_row.setdefault(name, number)
-            if earlier != number:
-                reason[number] = (
-                    "duplicate_serial",
-                    f"serial number {serials[i]} of {models[i]} already appears in row {earlier}",
-                )
-    for i in device_csr:
-        number = numbers[i]
-        if number not in reason:
-            try:
-                load_device_csr(csr[i])
-            except CsrError as exc:
-                reason[number] = (exc.code, str(exc))
+    live = pending()
+    first_row: dict[str, int] = {}
+    for number, name in thing_names[live].items():
+        earlier = first_row.setdefault(name, number)
+        if earlier != number:
+            reason[number] = (
+                "duplicate_serial",
+                f"serial number {frame.at[number, 'serial_number']} of {frame.at[number, 'model']} "
+                f"already appears in row {earlier}",
+            )
+    needs_csr = pending() & (modes == "device_csr").to_numpy()
+    for number, pem in zip(frame.index[needs_csr], frame["csr"][needs_csr], strict=True):
+        try:
+            load_device_csr(pem)
+        except CsrError as exc:
+            reason[number] = (exc.code, str(exc))
+    keep = pending()
     accepted = [
         {
             "row": int(number),
-            "model": models[i],
-            "serial_number": serials[i],
-            "thing_name": thing_names[i],
-            "attributes": attributes[i],
-            "csr": csr[i] or None,
+            "model": model,
+            "serial_number": serial_number,
+            "thing_name": thing_name,
+            "attributes": attributes[number],
+            "csr": pem or None,
         }
-        for i, number in enumerate(numbers)
-        if number not in reason
+        for number, model, serial_number, thing_name, pem in zip(
+            frame.index[keep].tolist(),
+            frame["model"][keep].tolist(),
+            frame["serial_number"][keep].tolist(),
+            thing_names[keep].tolist(),
+            frame["csr"][keep].tolist(),
+            strict=True,
+        )
     ]
     if max_devices is not None and len(accepted) > max_devices:
         for record in accepted[max_devices:]:
@@ -350,12 +340,47 @@ def _validate(
     )
 
 
-def _clean_column(values: Iterable[str]) -> list[str]:
-    """_clean over a column: strip every cell; the formula-quote check only if some cell holds a quote."""
-    stripped = list(map(str.strip, values))
-    if "'" in "".join(stripped):
-        return list(map(_clean, stripped))
-    return stripped
+def _attributes(frame: pd.DataFrame, catalog: Catalog, refuse) -> dict[int, dict[str, str]]:
+    """Thing attributes per row from the product's column mapping; refuses rows AWS IoT would refuse."""
+    result: dict[int, dict[str, str]] = {}
+    for model, product in catalog.products.items():
+        rows = frame.index[(frame["model"] == model).to_numpy()]
+        if len(rows) == 0:
+            continue
+        part = frame.loc[rows]
+        values = pd.DataFrame({a.name: part.get(a.column, "") for a in product.attributes}, index=rows)
+        count = (values != "").sum(axis=1) if len(product.attributes) else pd.Series(0, index=rows)
+        over = pd.Series(False, index=frame.index)
+        over[rows] = (count > product.max_attributes).to_numpy()
+        refuse(
+            over,
+            "too_many_attributes",
+            lambda n, c=count, p=product: (
+                f"the row gives {c[n]} attributes; a {p.model} thing may have at most {p.max_attributes}"
+            ),
+        )
+        for attribute in product.attributes:
+            column = values[attribute.name]
+            bad = pd.Series(False, index=frame.index)
+            bad[rows] = (~column.str.fullmatch(ATTRIBUTE_VALUE_PATTERN) | (column.str.len() > 800)).to_numpy()
+            refuse(
+                bad,
+                "invalid_attribute_value",
+                lambda n, a=attribute: (
+                    f"{a.column} {_show(frame.at[n, a.column])} cannot be the value of attribute "
+                    f"{a.name}: AWS IoT allows up to {MAX_ATTRIBUTE_VALUE} letters, digits and _.,@/:#=[]-"
+                ),
+            )
+        names = list(values.columns)
+        columns = [values[name].tolist() for name in names]
+        result.update(
+            zip(
+                rows.tolist(),
+                (dict(zip(names, cells, strict=True)) for cells in zip(*columns, strict=True)),
+                strict=True,
+            )
+        )
+    return result
 
 
 def _clean(cell: str) -> str:
@@ -364,164 +389,25 @@ def _clean(cell: str) -> str:
     return cell[1:] if cell[:1] == "'" and cell[1:2] in FORMULA_TRIGGERS else cell
 
 
-def _longer(values: list[str], limit: int) -> list[int]:
-    """Positions of values longer than limit."""
-    if not values or max(map(len, values)) <= limit:
-        return []
-    return [i for i, v in enumerate(values) if len(v) > limit]
-
-
-def _failing(values: list[str], check) -> list[int]:
-    """Positions (ascending) of values for which check(value) is falsy.
-
-    A column that repeats its values (model, revision, factory, ...) has each distinct value checked once."""
-    sample = values[:1024]
-    distinct = set(values) if 2 * len(set(sample)) < len(sample) else values
-    return _positions(values, set(itertools.filterfalse(check, distinct)))
-
-
-def _positions(values: list, wanted: set) -> list[int]:
-    """Positions (ascending) of the values in wanted; few wanted values: found by list.index."""
-    if not wanted:
-        return []
-    if len(wanted) > 8:
-        return [i for i, v in enumerate(values) if v in wanted]
-    found = []
-    for value in wanted:
-        i = -1
-        try:
-            while True:
-                i = values.index(value, i + 1)
-                found.append(i)
-        except ValueError:
-            pass
-    return sorted(found)
-
-
-def _groups(models: list[str], catalog: Catalog) -> dict[str, list[int]]:
-    """Positions of the rows of each catalog product present in the manifest (catalog order)."""
-    present = set(models)
-    return {
-        model: [i for i, m in enumerate(models) if m == model]
-        for model in catalog.products
-        if model in present
-    }
-
-
-def _normalised_macs(mac: list[str]) -> list[str]:
-    """'-' becomes ':' and hex is lower-case; a bare 12-character value gets a ':' after every pair."""
-    joined = "\n".join(mac)
-    if joined.count("\n") != len(mac) - 1:  # a value holds a line break: value by value
-        return [_normalised_mac(value) for value in mac]
-    # Line breaks separate the values and neither replace nor lower touches them: one pass for all.
-    normal = joined.replace("-", ":").lower().split("\n") if mac else []
-    lengths = list(map(len, mac))
-    for i in _positions(lengths, {12}):
-        normal[i] = _normalised_mac(mac[i])
-    return normal
-
-
-def _normalised_mac(value: str) -> str:
-    return _COLON_PAIRS.sub(r"\1:", value.lower()) if len(value) == 12 else value.replace("-", ":").lower()
-
-
-def _iso_dates(when: list[str]) -> dict[str, str]:
-    """Each distinct value -> its UTC time as YYYY-MM-DDTHH:MM:SSZ ('' for '' and for non-ISO 8601 text)."""
-    distinct = [v for v in set(when) if v]
-    formatted = {"": ""}
-    if distinct:
-        parsed = pd.to_datetime(
-            pd.Series(distinct, dtype=object), format="ISO8601", utc=True, errors="coerce"
-        )
-        formatted.update(
-            zip(distinct, parsed.dt.strftime("%Y-%m-%dT%H:%M:%SZ").fillna("").tolist(), strict=True)
-        )
-    return formatted
-
-
-def _thing_names(
-    frame: dict[str, list[str]], catalog: Catalog, groups: dict[str, list[int]], count: int
-) -> list[str]:
+def _thing_names(frame: pd.DataFrame, catalog: Catalog) -> pd.Series:
     """Each row's thing name from its product's pattern ('' for unknown models)."""
-    names = [""] * count
-    for model, rows in groups.items():
-        product = catalog.products[model]
+    names = pd.Series("", index=frame.index, dtype=object)
+    for model, product in catalog.products.items():
+        rows = (frame["model"] == model).to_numpy()
+        if not rows.any():
+            continue
         fields = product.name_fields
-        columns = [_take(frame[f], rows) if f in frame else [""] * len(rows) for f in fields]
+        columns = [frame[f][rows].tolist() if f in frame else [""] * int(rows.sum()) for f in fields]
         pattern = product.thing_name
-        made = _concatenated(pattern, model, dict(zip(fields, columns, strict=True)), len(rows))
-        if made is None:
-            made = [
-                pattern.format_map(dict(zip(fields, cells, strict=True)))
-                for cells in zip(*columns, strict=True)
-            ]
-        for i, name in zip(rows, made, strict=True):
-            names[i] = name
+        names[rows] = [
+            pattern.format_map(dict(zip(fields, cells, strict=True))) for cells in zip(*columns, strict=True)
+        ]
     return names
 
 
-def _concatenated(pattern: str, model: str, columns: dict[str, list[str]], count: int) -> list[str] | None:
-    """pattern.format_map per row as plain concatenation ({model} is the group's model), or None if a field
-    has a conversion or format spec (then format_map does it)."""
-    pieces: list[str | list[str]] = []
-    for literal, name, spec, conversion in string.Formatter().parse(pattern):
-        pieces.append(literal)
-        if name is not None:
-            if spec or conversion is not None:
-                return None
-            pieces.append(model if name == "model" else columns[name])
-    made = [""] * count
-    text = ""
-    for piece in pieces:
-        if isinstance(piece, str):
-            text += piece
-            continue
-        if text:
-            made = list(map(operator.add, made, itertools.repeat(text, count)))
-            text = ""
-        made = list(map(operator.add, made, piece))
-    if text:
-        made = list(map(operator.add, made, itertools.repeat(text, count)))
-    return made
-
-
-def _attributes(
-    frame: dict[str, list[str]], catalog: Catalog, groups: dict[str, list[int]], refuse
-) -> dict[int, dict[str, str]]:
-    """Thing attributes per row (by position) from the product's column mapping; refuses what AWS refuses."""
-    result: dict[int, dict[str, str]] = {}
-    for model, rows in groups.items():
-        product = catalog.products[model]
-        values = {
-            a.name: _take(frame[a.column], rows) if a.column in frame else [""] * len(rows)
-            for a in product.attributes
-        }
-        if len(values) > product.max_attributes:
-            given = [len(cells) - cells.count("") for cells in zip(*values.values(), strict=True)]
-            refuse(
-                [i for i, n in zip(rows, given, strict=True) if n > product.max_attributes],
-                "too_many_attributes",
-                lambda i, p=product, g=dict(zip(rows, given, strict=True)): (
-                    f"the row gives {g[i]} attributes; a {p.model} thing may have at most {p.max_attributes}"
-                ),
-            )
-        for attribute in product.attributes:
-            refuse(
-                _take(rows, _failing(values[attribute.name], _ATTRIBUTE_VALUE.fullmatch)),
-                "invalid_attribute_value",
-                lambda i, a=attribute: (
-                    f"{a.column} {_show(frame[a.column][i])} cannot be the value of attribute "
-                    f"{a.name}: AWS IoT allows up to {MAX_ATTRIBUTE_VALUE} letters, digits and _.,@/:#=[]-"
-                ),
-            )
-        names = list(values)
-        cells = zip(*values.values(), strict=True)
-        result.update(zip(rows, map(dict, map(zip, itertools.repeat(names), cells)), strict=True))
-    return result
-
-
-def _take(values: list, positions: list[int]) -> list:
-    return list(map(values.__getitem__, positions))
+def _colons(mac: pd.Series) -> pd.Series:
+    lower = mac.str.lower()
+    return lower.str.replace(r"(..)(?!$)", r"\1:", regex=True)
 
 
 def _show(value: str, limit: int = 60) -> str:

@@ -211,26 +211,6 @@ def test_device_csr_survives_the_retry_manifest(catalog):
     assert result.accepted[0]["csr"].startswith("-----BEGIN CERTIFICATE REQUEST-----")
 
 
-@pytest.mark.parametrize(
-    "pattern",
-    [
-        "{model}-{serial_number}",
-        "{serial_number}",
-        "x{{y}}{model}}}{line}{serial_number}z",
-        "{model}",
-        "a{line}",
-    ],
-)
-def test_thing_name_concatenation_matches_format_map(pattern):
-    from include.manifest import _concatenated
-
-    columns = {"serial_number": ["A1", "", "B-2"], "line": ["L1", "L2", ""], "model": ["?"] * 3}
-    rows = [{**{k: v[i] for k, v in columns.items()}, "model": "TH-100"} for i in range(3)]
-    assert _concatenated(pattern, "TH-100", columns, 3) == [pattern.format_map(row) for row in rows]
-    assert _concatenated("{serial_number!r}", "TH-100", columns, 3) is None
-    assert _concatenated("{serial_number:>4}", "TH-100", columns, 3) is None
-
-
 def test_mac_with_a_line_break_and_bare_macs_normalise_value_by_value(catalog):
     text = 'serial_number,model,mac_address\nA1,TH-100,"00:1A:2B:3C:4D\n:5E"\nA2,TH-100,001A2B3C4D5F\n'
     result = run(text, catalog)
