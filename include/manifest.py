@@ -372,6 +372,9 @@ def _attributes(frame: pd.DataFrame, catalog: Catalog, refuse) -> dict[int, dict
                 ),
             )
         names = list(values.columns)
+        if not names:  # a product that maps no column: its things carry no attributes
+            result.update((number, {}) for number in rows.tolist())
+            continue
         columns = [values[name].tolist() for name in names]
         result.update(
             zip(

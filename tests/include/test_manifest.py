@@ -216,3 +216,15 @@ def test_mac_with_a_line_break_and_bare_macs_normalise_value_by_value(catalog):
     result = run(text, catalog)
     assert [r["attributes"]["macAddress"] for r in result.accepted] == ["00:1a:2b:3c:4d:5f"]
     assert result.quarantined[0][:2] == (1, "invalid_mac")
+
+
+def test_a_product_mapping_no_attributes_gives_things_without_attributes(tmp_path):
+    (tmp_path / "t.json.j2").write_text("{}")
+    (tmp_path / "products.yaml").write_text(
+        "version: 1\nproducts:\n  X-1:\n    template: t.json.j2\n"
+        '    thing_name: "{model}-{serial_number}"\n'
+        "    thing_groups: []\n    policy: P\n    certificate_mode: own_ca_key\n"
+    )
+    bare = load_catalog(tmp_path / "products.yaml")
+    result = validate_manifest(read_manifest(b"serial_number,model\nA1,X-1\nA2,X-1\n"), bare)
+    assert [(r["thing_name"], r["attributes"]) for r in result.accepted] == [("X-1-A1", {}), ("X-1-A2", {})]
