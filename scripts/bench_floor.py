@@ -10,21 +10,12 @@ from dataclasses import asdict, dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
+
+from include.certificate_authority import CLIENT_AUTH, EC_DEVICE_KEY_USAGE, END_ENTITY
 
 PEM, DER = serialization.Encoding.PEM, serialization.Encoding.DER
 PKCS8, NO_ENCRYPTION = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-DEVICE_KEY_USAGE = x509.KeyUsage(
-    digital_signature=True,
-    content_commitment=False,
-    key_encipherment=False,
-    data_encipherment=False,
-    key_agreement=False,
-    key_cert_sign=False,
-    crl_sign=False,
-    encipher_only=False,
-    decipher_only=False,
-)
 
 
 @dataclass(frozen=True)
@@ -74,9 +65,9 @@ def _certificate(
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=365 * 20))
         .add_extension(authority_key_id, critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(DEVICE_KEY_USAGE, critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(END_ENTITY, critical=True)
+        .add_extension(EC_DEVICE_KEY_USAGE, critical=True)
+        .add_extension(CLIENT_AUTH, critical=False)
         .sign(ca_key, hashes.SHA256())
     )
 

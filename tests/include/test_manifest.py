@@ -118,14 +118,21 @@ def test_attribute_values_aws_refuses(catalog):
     assert result.quarantined[0][1] == "invalid_attribute_value"
 
 
-def test_too_many_attributes_for_a_product_without_thing_type(tmp_path):
+def _one_product_catalog(tmp_path, extra: str = ""):
+    """A catalog with one product X-1 (no thing type), plus the given YAML lines."""
     (tmp_path / "t.json.j2").write_text("{}")
     (tmp_path / "products.yaml").write_text(
         "products:\n  X-1:\n    template: t.json.j2\n    thing_name: '{model}-{serial_number}'\n"
-        "    policy: P\n    certificate_mode: own_ca_key\n"
-        "    attributes: {factory: factory, line: line, firmware_version: fw, hardware_revision: hw}\n"
+        "    policy: P\n    certificate_mode: own_ca_key\n" + extra
     )
-    catalog = load_catalog(tmp_path / "products.yaml")
+    return load_catalog(tmp_path / "products.yaml")
+
+
+def test_too_many_attributes_for_a_product_without_thing_type(tmp_path):
+    catalog = _one_product_catalog(
+        tmp_path,
+        "    attributes: {factory: factory, line: line, firmware_version: fw, hardware_revision: hw}\n",
+    )
     result = run(
         "serial_number,model,factory,line,firmware_version,hardware_revision\nA,X-1,f,l,1,2\nB,X-1,f,,,\n",
         catalog,
@@ -219,12 +226,6 @@ def test_mac_with_a_line_break_and_bare_macs_normalise_value_by_value(catalog):
 
 
 def test_a_product_mapping_no_attributes_gives_things_without_attributes(tmp_path):
-    (tmp_path / "t.json.j2").write_text("{}")
-    (tmp_path / "products.yaml").write_text(
-        "version: 1\nproducts:\n  X-1:\n    template: t.json.j2\n"
-        '    thing_name: "{model}-{serial_number}"\n'
-        "    thing_groups: []\n    policy: P\n    certificate_mode: own_ca_key\n"
-    )
-    bare = load_catalog(tmp_path / "products.yaml")
+    bare = _one_product_catalog(tmp_path)
     result = validate_manifest(read_manifest(b"serial_number,model\nA1,X-1\nA2,X-1\n"), bare)
     assert [(r["thing_name"], r["attributes"]) for r in result.accepted] == [("X-1-A1", {}), ("X-1-A2", {})]
