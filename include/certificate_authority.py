@@ -21,23 +21,17 @@ ACCEPTED_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 MIN_RSA_BITS = 2048
 
 
-def _device_key_usage(key_encipherment: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=key_encipherment,  # RSA key transport; ECDSA keys only sign
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
+def _key_usage(*allowed: str) -> x509.KeyUsage:
+    """A KeyUsage extension allowing only the named usages."""
+    usages = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment")
+    usages += ("key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")
+    return x509.KeyUsage(**{usage: usage in allowed for usage in usages})
 
 
 # Extensions every device certificate carries, built once (their constructors' checks cost per device).
 END_ENTITY = x509.BasicConstraints(ca=False, path_length=None)
-EC_DEVICE_KEY_USAGE, RSA_DEVICE_KEY_USAGE = _device_key_usage(False), _device_key_usage(True)
+EC_DEVICE_KEY_USAGE = _key_usage("digital_signature")  # ECDSA keys only sign
+RSA_DEVICE_KEY_USAGE = _key_usage("digital_signature", "key_encipherment")  # RSA also transports keys
 CLIENT_AUTH = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
 
 
@@ -168,20 +162,7 @@ class CertificateAuthority:
             .not_valid_before(now - CLOCK_SKEW)
             .not_valid_after(now + dt.timedelta(days=365 * 25))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_key_usage("digital_signature", "key_cert_sign", "crl_sign"), critical=True)
             .add_extension(ski, critical=False)
             .sign(key, hashes.SHA256())
         )

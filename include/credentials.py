@@ -11,7 +11,7 @@ import hashlib
 import logging
 import multiprocessing
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -72,10 +72,6 @@ class ChunkOutput:
 
     def __repr__(self) -> str:  # never show the bundle plaintext
         return f"ChunkOutput(counts={self.counts!r}, sealed={self.sealed})"
-
-    @property
-    def devices(self) -> int:
-        return sum(self.counts.values())
 
 
 _ca_cache: dict[str, CertificateAuthority] = {}
@@ -194,10 +190,10 @@ def _workers_for(devices: int, workers: int) -> int:
     return max(1, min(workers, devices // MIN_DEVICES_PER_WORKER))
 
 
-def _run_slices(work: Callable[..., T], args: tuple, slices: Sequence[Any], workers: int) -> Iterator[T]:
-    """work(*args, slice) for every slice, results in slice order; on `workers` processes when above 1."""
+def _run_slices(args: tuple, slices: Sequence[bytes], workers: int) -> Iterator[ChunkOutput]:
+    """issue_lines(*args, slice) for every slice, in slice order; on `workers` processes when above 1."""
     if workers == 1:
-        yield from (work(*args, part) for part in slices)
+        yield from (issue_lines(*args, part) for part in slices)
         return
     # fork: workers start in milliseconds with everything imported. spawn/forkserver re-run the parent's
     # __main__ in every worker (under Airflow's console script: Airflow imported again, seconds per worker).
@@ -205,7 +201,7 @@ def _run_slices(work: Callable[..., T], args: tuple, slices: Sequence[Any], work
     done = 0
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = [pool.submit(work, *args, part) for part in slices]
+            futures = [pool.submit(issue_lines, *args, part) for part in slices]
             for future in futures:
                 yield future.result()
                 done += 1
@@ -214,7 +210,7 @@ def _run_slices(work: Callable[..., T], args: tuple, slices: Sequence[Any], work
         log.warning(
             "credentials process pool unavailable; issuing the remaining %d slices inline", len(slices) - done
         )
-        yield from (work(*args, part) for part in slices[done:])
+        yield from (issue_lines(*args, part) for part in slices[done:])
 
 
 def issue_chunk(
@@ -234,4 +230,4 @@ def issue_chunk(
     parts = _slices(device_lines, workers * SLICES_PER_WORKER) if workers > 1 else [device_lines]
     slices = [b"\n".join(part) for part in parts]
     args = (ca_certificate_pem, ca_private_key_pem, dict(products))
-    return merge(list(_run_slices(issue_lines, args, slices, workers)))
+    return merge(list(_run_slices(args, slices, workers)))
