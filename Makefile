@@ -7,9 +7,11 @@ STATE_DIR ?= $(CURDIR)/.local
 MANIFEST ?=
 DRY_RUN ?=
 DEVICES ?= 10000
+DAG ?=
+CONF ?=
 export STATE_DIR
 
-.PHONY: venv run test bench lint format lock emulator clean
+.PHONY: venv run dag test bench lint format lock emulator clean
 
 $(VENV)/.installed: requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +23,11 @@ venv: $(VENV)/.installed
 
 run: venv
 	$(PY) -m scripts.run_local $(if $(MANIFEST),--manifest "$(MANIFEST)") $(if $(DRY_RUN),--dry-run)
+
+# Any DAG of the project through Airflow on the local state: make dag DAG=<id> CONF='<json>'
+dag: venv
+	@test -n "$(DAG)" || { echo "usage: make dag DAG=<dag id> [CONF='<json>']" >&2; exit 2; }
+	$(PY) -m scripts.run_local --dag "$(DAG)" $(if $(CONF),--conf '$(CONF)')
 
 test: venv
 	$(PY) -m pytest

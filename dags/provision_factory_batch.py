@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import os
 from datetime import timedelta
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +39,11 @@ from airflow.sdk import Asset, Param, dag, get_current_context, task
 from plugins.iot_provisioning.connections import AWS_CONN_ID, REGISTRATION_POOL
 from plugins.iot_provisioning.operators import StartThingRegistrationTaskOperator
 
+DAG_ID = "provision_factory_batch"
 SAMPLE_MANIFEST = str(Path(__file__).resolve().parent.parent / "data" / "sample" / "manifest.csv")
 BUCKET = os.environ.get("PIPELINE_BUCKET", "factory-provisioning")
 log = logging.getLogger(__name__)
-# Seconds between DescribeThingRegistrationTask polls of the deferred register task.
+# Seconds between polls of the deferred register task (its AWS task, or the account's registration slot).
 REGISTRATION_POLL_SECONDS = int(os.environ.get("PIPELINE_REGISTRATION_POLL_SECONDS", "10"))
 PROVISIONED_BATCHES = Asset(name="provisioned_factory_batches", uri=f"s3://{BUCKET}/provisioned-batches")
 
@@ -67,47 +67,69 @@ def _settings() -> Any:
     return Settings.from_env()
 
 
-@task
-def intake(params: dict | None = None, run_id: str | None = None) -> dict:
-    """Read the manifest and record the batch (content hash) and this run."""
-    from include import pipeline
+def _s3() -> Any:
     from plugins.iot_provisioning.connections import aws_clients
 
-    s3, _ = aws_clients(AWS_CONN_ID)
-    return pipeline.intake(
-        s3,
-        _settings(),
-        params["manifest"],
-        run_id=run_id,
-        product=params.get("product"),
-        dry_run=bool(params.get("dry_run")),
-        max_devices=params.get("max_devices"),
-    )
+    return aws_clients(AWS_CONN_ID)[0]
+
+
+@task
+def intake(params: dict | None = None, run_id: str | None = None, dag: Any = None) -> dict:
+    """Read the manifest and record the batch (content hash) and this run."""
+    from include import pipeline
+    from plugins.iot_provisioning.run_state import fail_fast_on_input_errors
+
+    with fail_fast_on_input_errors(run_id, params["manifest"]):
+        batch = pipeline.intake(
+            _s3(),
+            _settings(),
+            params["manifest"],
+            run_id=run_id,
+            dag_id=dag.dag_id,
+            product=params.get("product"),
+            dry_run=bool(params.get("dry_run")),
+            max_devices=params.get("max_devices"),
+        )
+    return batch.to_xcom()
 
 
 @task
 def validate(batch: dict) -> dict:
     """Validate every row; refused rows go to the quarantine CSV with a reason."""
     from include import pipeline
-    from plugins.iot_provisioning.connections import aws_clients
+    from include.records import Batch
+    from plugins.iot_provisioning.run_state import fail_fast_on_input_errors
 
-    s3, _ = aws_clients(AWS_CONN_ID)
-    return pipeline.validate(s3, _settings(), batch)
+    record = Batch.of(batch)
+    with fail_fast_on_input_errors(record.run_id, record.source):
+        return pipeline.validate(_s3(), _settings(), record).to_xcom()
 
 
 @task
-def preflight(batch: dict) -> dict:
-    """IoT prerequisites and the inventory: what is missing, what is already provisioned, the chunks."""
+def preflight(batch: dict, ti: Any = None) -> dict:
+    """IoT prerequisites, then claims: what is provisioned or held elsewhere, what a dead run left, chunks."""
     from include import pipeline
+    from include.records import Batch
     from plugins.iot_provisioning.connections import aws_clients, factory_ca_certificate
+    from plugins.iot_provisioning.run_state import airflow_liveness, fail_fast_on_input_errors
 
+    record = Batch.of(batch)
     s3, iot = aws_clients(AWS_CONN_ID)
-    return pipeline.preflight(s3, iot, _settings(), batch, ca_certificate_pem=factory_ca_certificate())
+    with fail_fast_on_input_errors(record.run_id, record.source):
+        checks = pipeline.preflight(
+            s3,
+            iot,
+            _settings(),
+            record,
+            ca_certificate_pem=factory_ca_certificate(),
+            is_live=airflow_liveness(ti, DAG_ID),
+        )
+    return checks.to_xcom()
 
 
-@task.short_circuit
+@task.short_circuit(ignore_downstream_trigger_rules=False)
 def continue_unless_dry_run(checks: dict) -> bool:
-    """A dry run ends after pre-flight (its report is complete); everything downstream is skipped."""
+    """A dry run issues and registers nothing: the work after pre-flight is skipped; the summary runs."""
     return not checks.get("dry_run")
 
 
@@ -121,62 +143,73 @@ def chunk_plan(checks: dict) -> list[dict]:
 def issue_credentials(batch: dict, chunk: dict) -> dict:
     """Keys and certificates for one chunk of devices, signed by the factory CA."""
     from include import pipeline
-    from plugins.iot_provisioning.connections import aws_clients, factory_ca_pems
+    from include.records import Batch, Chunk
+    from plugins.iot_provisioning.connections import factory_ca_pems
+    from plugins.iot_provisioning.run_state import fail_fast_on_input_errors
 
-    get_current_context()["chunk_label"] = f"chunk {chunk['index']}: rows {chunk['start']}-{chunk['stop']}"
-    s3, _ = aws_clients(AWS_CONN_ID)
+    record, part = Batch.of(batch), Chunk.of(chunk)
+    get_current_context()["chunk_label"] = part.label
     certificate_pem, private_key_pem = factory_ca_pems()
-    return pipeline.issue_credentials(s3, _settings(), batch, chunk, certificate_pem, private_key_pem)
+    with fail_fast_on_input_errors(record.run_id, record.source):
+        result = pipeline.issue_credentials(
+            _s3(), _settings(), record, part, certificate_pem, private_key_pem
+        )
+    return result.to_xcom()
 
 
 @task(trigger_rule="none_failed")
-def write_parameter_files(batch: dict, chunks: list[dict]) -> list[dict]:
-    """One parameter file and template per registration group (none when every device was skipped)."""
+def write_parameter_files(batch: dict, checks: dict, chunks: list[dict]) -> list[dict]:
+    """One parameter file per registration unit (none when every device was skipped)."""
     from include import pipeline
-    from plugins.iot_provisioning.connections import aws_clients
+    from include.records import Batch, Checks, ChunkResult
+    from plugins.iot_provisioning.run_state import fail_fast_on_input_errors
 
-    s3, _ = aws_clients(AWS_CONN_ID)
-    return pipeline.write_parameter_files(s3, _settings(), batch, sorted(chunks, key=lambda c: c["index"]))
+    record = Batch.of(batch)
+    with fail_fast_on_input_errors(record.run_id, record.source):
+        units = pipeline.write_parameter_files(
+            _s3(), _settings(), record, Checks.of(checks), [ChunkResult.of(c) for c in chunks]
+        )
+    return [unit.to_xcom() for unit in units]
 
 
-@task(map_index_template="{{ group_label }}")
+@task(map_index_template="{{ unit_label }}")
 def reconcile(batch: dict, registration: dict) -> dict:
-    """Map the task's RESULTS and ERRORS reports to manifest rows and update the inventory."""
+    """Match the task's RESULTS and ERRORS reports to the unit's rows and update the inventory."""
     from include import pipeline
-    from include.reports import download_report_lines
+    from include.records import Batch, Registration, RegistrationUnit
+    from include.registration import report_lines
     from plugins.iot_provisioning.connections import aws_clients
-    from plugins.iot_provisioning.hooks import IotHook
+    from plugins.iot_provisioning.run_state import fail_fast_on_input_errors
 
-    get_current_context()["group_label"] = registration["group"]
-    hook = IotHook(aws_conn_id=AWS_CONN_ID)
-    task_id = registration["task_id"]
-
-    def lines(report_type: str) -> Any:
-        links = hook.list_thing_registration_task_report_links(task_id, report_type)
-        return chain.from_iterable(download_report_lines(link) for link in links)
-
-    s3, _ = aws_clients(AWS_CONN_ID)
-    return pipeline.reconcile(
-        s3,
-        _settings(),
-        batch,
-        registration["registration_group"],
-        registration,
-        lines("RESULTS"),
-        lines("ERRORS"),
-    )
+    record, unit = Batch.of(batch), RegistrationUnit.of(registration["unit"])
+    state = Registration.of(registration["registration"])
+    get_current_context()["unit_label"] = unit.label
+    s3, iot = aws_clients(AWS_CONN_ID)
+    with fail_fast_on_input_errors(record.run_id, record.source):
+        result = pipeline.reconcile(
+            s3,
+            _settings(),
+            record,
+            unit,
+            state,
+            report_lines(iot, state.task_id, "RESULTS"),
+            report_lines(iot, state.task_id, "ERRORS"),
+        )
+    return result.to_xcom()
 
 
 @task(trigger_rule="none_failed", outlets=[PROVISIONED_BATCHES])
 def summarize(batch: dict, reconciled: list[dict], outlet_events: Any = None) -> dict:
     """Count every row's outcome, write the report, log it, and tell downstream DAGs."""
     from include import pipeline
-    from plugins.iot_provisioning.connections import aws_clients
-    from plugins.iot_provisioning.reporting import format_summary
+    from include.records import Batch
+    from include.summary import render_report
+    from plugins.iot_provisioning.run_state import fail_fast_on_input_errors
 
-    s3, _ = aws_clients(AWS_CONN_ID)
-    summary = pipeline.summarize(s3, _settings(), batch)
-    log.info("Batch report\n%s", format_summary(summary))
+    record = Batch.of(batch)
+    with fail_fast_on_input_errors(record.run_id, record.source):
+        summary = pipeline.summarize(_s3(), _settings(), record)
+    log.info("Batch report\n%s", render_report(summary))
     outlet_events[PROVISIONED_BATCHES].extra = {
         key: summary.get(key)
         for key in ("batch_id", "run_id", "rows", "provisioned", "failed", "quarantined", "skipped")
@@ -185,7 +218,7 @@ def summarize(batch: dict, reconciled: list[dict], outlet_events: Any = None) ->
 
 
 @dag(
-    dag_id="provision_factory_batch",
+    dag_id=DAG_ID,
     doc_md=__doc__,
     schedule=None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
@@ -238,19 +271,20 @@ def provision_factory_batch() -> None:
     checks = preflight(batch)
     validation >> checks
     chunks = chunk_plan(checks)
-    continue_unless_dry_run(checks) >> chunks
     credentials = issue_credentials.partial(batch=batch).expand(chunk=chunks)
-    groups = write_parameter_files(batch, credentials)
+    units = write_parameter_files(batch, checks, credentials)
+    continue_unless_dry_run(checks) >> [chunks, units]
     registrations = StartThingRegistrationTaskOperator.partial(
         task_id="register",
         batch=batch,
         aws_conn_id=AWS_CONN_ID,
         pool=REGISTRATION_POOL,
         waiter_delay=REGISTRATION_POLL_SECONDS,
-        map_index_template="{{ task.registration_group['group'] }}",
+        slot_delay=REGISTRATION_POLL_SECONDS,
+        map_index_template="{{ task.unit['unit'] }}",
         # A registration can run for hours; the waiting happens deferred, not in a worker slot.
         execution_timeout=timedelta(hours=12),
-    ).expand(registration_group=groups)
+    ).expand(unit=units)
     reconciled = reconcile.partial(batch=batch).expand(registration=registrations.output)
     summarize(batch, reconciled)
 

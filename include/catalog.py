@@ -15,18 +15,6 @@ from include.errors import CatalogError
 
 CERTIFICATE_MODES = ("own_ca_key", "device_csr")
 KEY_ALGORITHMS = ("ec-p256", "rsa-2048")
-# Columns of manifest v1; other columns may be mapped to attributes by a product.
-MANIFEST_COLUMNS = (
-    "serial_number",
-    "model",
-    "mac_address",
-    "hardware_revision",
-    "firmware_version",
-    "manufactured_at",
-    "factory",
-    "line",
-    "csr",
-)
 # AWS IoT limits and name patterns (botocore model; aws-iot-facts.md 4.7).
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9:_-]+$")
 POLICY_NAME_PATTERN = re.compile(r"^[\w+=,.@-]+$")

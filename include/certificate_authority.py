@@ -1,24 +1,51 @@
-"""The factory CA: load or create it, issue device certificates from a public key or a verified CSR."""
+"""The factory CA: load or create it, issue device certificates from a public key or a verified CSR.
+
+Device certificates follow one subject rule, total over every thing name ([a-zA-Z0-9:_-]{1,128}) and serial
+([A-Za-z0-9][A-Za-z0-9._-]{0,127}) the manifest contract allows (`device_subject`):
+
+- commonName, a UTF8String: the thing name when it has at most 64 characters (X.520's upper bound);
+  otherwise its first 55 characters + "-" + the first 8 hex digits of its SHA-256 (64 characters), and
+  then the full thing name is also in a subjectAltName URI `urn:factory-provisioning:thing:<thing name>`.
+- serialNumber, after it: the device serial as a PrintableString when its characters allow (every one
+  but "_"), as a UTF8String otherwise; omitted when empty or longer than 64 characters (the full serial is
+  in the thing name).
+- Nothing from a CSR's own subject.
+
+Extensions, in this order: authorityKeyIdentifier; basicConstraints CA:FALSE and keyUsage (digitalSignature,
+plus keyEncipherment for RSA keys), both critical; extendedKeyUsage clientAuth; subjectAltName only for a
+shortened commonName. Validity: from 5 minutes before issuing for `validity_days` (default 3650), never past
+the CA's own notAfter. include.certificate_template assembles the same bytes from a DER template.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
+import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from include.errors import CertificateAuthorityError, CsrError
 
-DEVICE_VALIDITY = dt.timedelta(days=365 * 20)
+DEVICE_VALIDITY_DAYS = 3650
 CLOCK_SKEW = dt.timedelta(minutes=5)
 # Key types AWS IoT accepts for device certificates (CreateCertificateFromCsr documentation).
 ACCEPTED_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 MIN_RSA_BITS = 2048
+# X.520 upper bounds (ub-common-name, ub-serial-number), in characters.
+MAX_COMMON_NAME = MAX_SERIAL_NUMBER = 64
+SHORTENED_PREFIX, DIGEST_HEX = 55, 8
+THING_URI_PREFIX = "urn:factory-provisioning:thing:"
+PRINTABLE_STRING = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]*")
 
 
 def _key_usage(*allowed: str) -> x509.KeyUsage:
@@ -40,6 +67,11 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def new_serial_number() -> int:
+    """Certificate serial numbers: 159 random bits like x509.random_serial_number (tests replace it)."""
+    return int.from_bytes(os.urandom(20), "big") >> 1
+
+
 def certificate_id(certificate: x509.Certificate) -> str:
     """AWS IoT's certificate id: lowercase hex SHA-256 of the DER encoding."""
     return hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
@@ -50,12 +82,45 @@ def certificate_id_from_pem(pem: str | bytes) -> str:
     return certificate_id(x509.load_pem_x509_certificate(data))
 
 
-def _signing_hash(key: object) -> hashes.HashAlgorithm:
+def signing_hash(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> hashes.HashAlgorithm:
+    """The hash this CA key signs with: SHA-384/512 for P-384/521 keys, SHA-256 otherwise."""
     if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP521R1):
         return hashes.SHA512()
     if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP384R1):
         return hashes.SHA384()
     return hashes.SHA256()
+
+
+class DeviceSubject(NamedTuple):
+    """What the subject rule (module docstring) makes of one thing name and serial."""
+
+    common_name: str
+    serial_number: str | None  # None: not in the subject
+    serial_printable: bool  # PrintableString, else UTF8String
+    thing_uri: str | None  # the subjectAltName URI, set only when the common name is shortened
+
+    def name(self) -> x509.Name:
+        attributes = [x509.NameAttribute(NameOID.COMMON_NAME, self.common_name)]
+        if self.serial_number is not None:
+            kind = _ASN1Type.PrintableString if self.serial_printable else _ASN1Type.UTF8String
+            # cryptography would always choose PrintableString for serialNumber, which cannot hold "_".
+            attributes.append(x509.NameAttribute(NameOID.SERIAL_NUMBER, self.serial_number, _type=kind))
+        return x509.Name(attributes)
+
+
+def device_subject(thing_name: str, serial_number: str | None) -> DeviceSubject:
+    """A device certificate's subject for this thing name and serial (the rule of the module docstring)."""
+    if not thing_name:
+        raise CertificateAuthorityError("the thing name is empty")
+    common_name, thing_uri = thing_name, None
+    if len(thing_name) > MAX_COMMON_NAME:
+        digest = hashlib.sha256(thing_name.encode("utf-8")).hexdigest()[:DIGEST_HEX]
+        common_name = f"{thing_name[:SHORTENED_PREFIX]}-{digest}"
+        thing_uri = THING_URI_PREFIX + thing_name
+    if not serial_number or len(serial_number) > MAX_SERIAL_NUMBER:
+        return DeviceSubject(common_name, None, False, thing_uri)
+    printable = PRINTABLE_STRING.fullmatch(serial_number) is not None
+    return DeviceSubject(common_name, serial_number, printable, thing_uri)
 
 
 def check_device_key(public_key: object) -> None:
@@ -78,8 +143,11 @@ def check_device_key(public_key: object) -> None:
     )
 
 
-def load_device_csr(pem: str) -> x509.CertificateSigningRequest:
-    """Parse a device CSR and check its self-signature and key type; CsrError carries the reason code."""
+def load_device_csr_key(pem: str) -> tuple[x509.CertificateSigningRequest, CertificatePublicKeyTypes]:
+    """Parse a device CSR, check its key type and self-signature; CsrError carries the reason code.
+
+    The one definition of the CSR checks; returns the public key too, read once.
+    """
     try:
         csr = x509.load_pem_x509_csr(pem.encode("ascii"))
     except (ValueError, UnicodeEncodeError, UnsupportedAlgorithm):
@@ -95,7 +163,12 @@ def load_device_csr(pem: str) -> x509.CertificateSigningRequest:
         valid = False
     if not valid:
         raise CsrError("csr_signature_invalid", "the CSR's signature does not verify with its own public key")
-    return csr
+    return csr, public_key
+
+
+def load_device_csr(pem: str) -> x509.CertificateSigningRequest:
+    """Parse a device CSR and check its self-signature and key type; CsrError carries the reason code."""
+    return load_device_csr_key(pem)[0]
 
 
 @dataclass(frozen=True)
@@ -158,7 +231,7 @@ class CertificateAuthority:
             .subject_name(name)
             .issuer_name(name)
             .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
+            .serial_number(new_serial_number())
             .not_valid_before(now - CLOCK_SKEW)
             .not_valid_after(now + dt.timedelta(days=365 * 25))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
@@ -178,17 +251,24 @@ class CertificateAuthority:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ).decode("ascii")
 
-    def _builder(self, subject: x509.Name, public_key: object) -> x509.CertificateBuilder:
+    def device_validity(self, validity_days: int = DEVICE_VALIDITY_DAYS) -> tuple[dt.datetime, dt.datetime]:
+        """(notBefore, notAfter) of a certificate issued now, to the second (X.509 holds no fractions)."""
+        if validity_days < 1:
+            raise ValueError(f"validity_days must be at least 1, not {validity_days}")
+        now = utcnow().replace(microsecond=0)
+        not_after = now + dt.timedelta(days=validity_days)
+        return now - CLOCK_SKEW, min(not_after, self.certificate.not_valid_after_utc)
+
+    def _builder(self, subject: x509.Name, public_key: object, validity_days: int) -> x509.CertificateBuilder:
         """Fields every issued certificate shares; each issuing path adds only its own extensions."""
-        now = utcnow()
-        not_after = min(now + DEVICE_VALIDITY, self.certificate.not_valid_after_utc)
+        not_before, not_after = self.device_validity(validity_days)
         return (
             x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(self.certificate.subject)
             .public_key(public_key)  # type: ignore[arg-type]
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - CLOCK_SKEW)
+            .serial_number(new_serial_number())
+            .not_valid_before(not_before)
             .not_valid_after(not_after)
             .add_extension(self._authority_key_identifier, critical=False)
         )
@@ -206,23 +286,34 @@ class CertificateAuthority:
         return cached
 
     def issue_device_certificate(
-        self, public_key: object, thing_name: str, serial_number: str | None = None
+        self,
+        public_key: object,
+        thing_name: str,
+        serial_number: str | None = None,
+        *,
+        validity_days: int = DEVICE_VALIDITY_DAYS,
     ) -> x509.Certificate:
         """A TLS client certificate for a device key, straight from its public key (no CSR round trip)."""
-        attributes = [x509.NameAttribute(NameOID.COMMON_NAME, thing_name)]
-        if serial_number:
-            attributes.append(x509.NameAttribute(NameOID.SERIAL_NUMBER, serial_number))
+        subject = device_subject(thing_name, serial_number)
         is_rsa = isinstance(public_key, rsa.RSAPublicKey)
         builder = (
-            self._builder(x509.Name(attributes), public_key)
+            self._builder(subject.name(), public_key, validity_days)
             .add_extension(END_ENTITY, critical=True)
             .add_extension(RSA_DEVICE_KEY_USAGE if is_rsa else EC_DEVICE_KEY_USAGE, critical=True)
             .add_extension(CLIENT_AUTH, critical=False)
         )
-        return builder.sign(self.private_key, _signing_hash(self.private_key))
+        if subject.thing_uri is not None:
+            uri = x509.UniformResourceIdentifier(subject.thing_uri)
+            builder = builder.add_extension(x509.SubjectAlternativeName([uri]), critical=False)
+        return builder.sign(self.private_key, signing_hash(self.private_key))
 
     def issue_from_csr(
-        self, csr: x509.CertificateSigningRequest | str, thing_name: str, serial_number: str | None = None
+        self,
+        csr: x509.CertificateSigningRequest | str,
+        thing_name: str,
+        serial_number: str | None = None,
+        *,
+        validity_days: int = DEVICE_VALIDITY_DAYS,
     ) -> x509.Certificate:
         """Sign a device CSR after checking its signature and key; the subject is set by us, not the CSR."""
         if isinstance(csr, str):
@@ -231,15 +322,17 @@ class CertificateAuthority:
             raise CsrError(
                 "csr_signature_invalid", "the CSR's signature does not verify with its own public key"
             )
-        return self.issue_device_certificate(csr.public_key(), thing_name, serial_number)
+        return self.issue_device_certificate(
+            csr.public_key(), thing_name, serial_number, validity_days=validity_days
+        )
 
     def issue_verification_certificate(self, registration_code: str) -> str:
         """The certificate RegisterCACertificate wants: CN = registration code, signed by this CA (PEM)."""
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, registration_code)])
         certificate = (
-            self._builder(subject, key.public_key())
+            self._builder(subject, key.public_key(), DEVICE_VALIDITY_DAYS)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .sign(self.private_key, _signing_hash(self.private_key))
+            .sign(self.private_key, signing_hash(self.private_key))
         )
         return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")

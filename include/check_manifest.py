@@ -1,6 +1,7 @@
 """Check a manifest locally before dropping it in the inbox: `python -m include.check_manifest manifest.csv`.
 
-Exit status: 0 every row accepted, 2 some rows would be quarantined, 1 the file itself is unusable.
+Exit status: 0 every row accepted, 2 some rows would be quarantined, 1 the file itself is unusable. The
+verdict is the pipeline's final one (include.manifest.full_verdict): device CSRs are parsed and verified too.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from include.catalog import load_catalog
 from include.errors import PipelineError
-from include.manifest import quarantine_csv, read_manifest, validate_manifest
+from include.manifest import full_verdict, quarantine_csv, read_manifest
 from include.settings import Settings
 
 
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         table = read_manifest(args.manifest.read_bytes())
-        result = validate_manifest(table, load_catalog(args.catalog), product=args.product)
+        result = full_verdict(table, load_catalog(args.catalog), product=args.product)
     except (PipelineError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(
             {
                 "rows": result.rows,
-                "accepted": len(result.accepted),
+                "accepted": result.accepted.num_rows,
                 "quarantined": len(result.quarantined),
                 "reasons": result.reasons,
                 "ignored_columns": result.ignored_columns,

@@ -1,39 +1,47 @@
-"""Device credentials for a chunk: our keys (or device CSRs) signed by the factory CA, on a process pool.
+"""Device credentials for a chunk: our keys (or device CSRs) signed by the factory CA, on long-lived workers.
 
-`issue_chunk` is what the pipeline uses: workers take the chunk's devices.jsonl lines and do all per-device
-work (key, certificate, PEMs, the parameter line, the ledger line, the bundle plaintext line), returning a few
-bytes objects per slice, so the pipeline process only joins and uploads them.
+`issue_chunk` is what the pipeline calls. It cuts the chunk's device table into slices that travel to this
+process's worker pool (made once, reused by every later chunk) as Arrow IPC bytes; a worker does all the
+per-device work of `issue_devices` (CSR checks, key, certificate from the DER template, PEMs, parameter line,
+ledger entry, bundle line) and sends back a few bytes objects per slice, so the calling process only joins
+them. A device whose credentials cannot be made becomes a failure record (row, reason code, sentence); the
+other devices of the chunk are issued as usual. A CA that cannot be loaded fails the whole chunk.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import multiprocessing
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+import pyarrow as pa
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from include.catalog import Product
-from include.certificate_authority import CertificateAuthority
-from include.parameter_file import encode_parameters
+from include.certificate_authority import DEVICE_VALIDITY_DAYS, CertificateAuthority, load_device_csr_key
+from include.certificate_template import DeviceCertificateTemplate, DeviceIssuer, p256_spki, pem
+from include.errors import CsrError, PipelineError
+from include.parameter_file import encode_line, parameter_names
+from include.worker_pool import shutdown_workers, worker_pool
 
 log = logging.getLogger(__name__)
-# Below this many devices per worker a pool costs more (start-up, imports) than it saves.
+# Below this many devices per worker, shipping slices to the pool costs more than it saves.
 MIN_DEVICES_PER_WORKER = 250
 SLICES_PER_WORKER = 4
 PEM = serialization.Encoding.PEM
-SHA256 = hashes.SHA256()
 PKCS8, NO_ENCRYPTION = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-T = TypeVar("T")
+P256 = ec.SECP256R1()
+CREDENTIAL_ERROR = "credential_error"
+LEDGER_SCHEMA = pa.schema(
+    [("row", pa.int64()), ("group", pa.string()), ("bytes", pa.int64()), ("certificate_id", pa.string())]
+)
+Failure = tuple[int, str, str]  # (manifest row, reason code, sentence)
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,12 @@ class ProductSpec:
     group: str
     key_algorithm: str
     device_csr: bool
-    attributes: tuple[tuple[str, str], ...]  # (attribute name, template parameter)
+    attributes: tuple[tuple[str, str], ...]  # (manifest column, template parameter)
+    validity_days: int = DEVICE_VALIDITY_DAYS
+
+    def __post_init__(self) -> None:
+        if self.validity_days < 1:
+            raise ValueError(f"product {self.group}: validity_days must be at least 1")
 
     @classmethod
     def of(cls, product: Product) -> ProductSpec:
@@ -51,117 +64,181 @@ class ProductSpec:
             group=product.group,
             key_algorithm=product.key_algorithm,
             device_csr=product.certificate_mode == "device_csr",
-            attributes=tuple((a.name, a.parameter) for a in product.attributes),
+            attributes=tuple((a.column, a.parameter) for a in product.attributes),
+            # The catalog field is on its way; until then every product gets the default.
+            validity_days=getattr(product, "validity_days", DEVICE_VALIDITY_DAYS),
         )
 
 
 @dataclass
 class ChunkOutput:
-    """A slice's (or a whole chunk's) results as bytes: what the pipeline uploads, nothing to re-encode.
+    """A chunk's (or a slice's) results, ready to upload: nothing to re-encode.
 
-    params: group -> parameter-file lines; counts: group -> lines; ledger: one JSON line per device in input
-    order {"row", "model", "serial_number", "thing_name", "group", "bytes", "certificate_id"}; bundle: the
-    key bundle's plaintext lines (private keys: only ever for include.key_bundle.seal_payload).
+    params: group -> its parameter-file lines in input order; ledger: one row per issued device in input
+    order (row, group, bytes = length of its parameter line, certificate_id); bundle: the key bundle's
+    plaintext lines (private keys: only ever for include.key_bundle.seal_payload), `sealed` of them;
+    failures: (row, reason code, sentence) per device that got no credentials.
     """
 
-    params: dict[str, bytes] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    ledger: bytes = b""
-    bundle: bytes = b""
-    sealed: int = 0
+    params: dict[str, bytes]
+    ledger: pa.Table
+    bundle: bytes
+    sealed: int
+    failures: list[Failure]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Parameter-file lines per group."""
+        return dict(sorted(Counter(self.ledger.column("group").to_pylist()).items()))
 
     def __repr__(self) -> str:  # never show the bundle plaintext
-        return f"ChunkOutput(counts={self.counts!r}, sealed={self.sealed})"
+        return f"ChunkOutput(counts={self.counts!r}, sealed={self.sealed}, failures={len(self.failures)})"
 
 
-_ca_cache: dict[str, CertificateAuthority] = {}
+_authorities: dict[str, tuple[CertificateAuthority, DeviceCertificateTemplate | None]] = {}
 
 
-def _authority(certificate_pem: str, private_key_pem: str) -> CertificateAuthority:
+def _authority(
+    certificate_pem: str, private_key_pem: str
+) -> tuple[CertificateAuthority, DeviceCertificateTemplate | None]:
+    """The CA and its device-certificate template, loaded once per process."""
     fingerprint = hashlib.sha256((certificate_pem + private_key_pem).encode()).hexdigest()
-    ca = _ca_cache.get(fingerprint)
-    if ca is None:
-        _ca_cache.clear()
-        ca = _ca_cache[fingerprint] = CertificateAuthority.from_pem(certificate_pem, private_key_pem)
-    return ca
+    cached = _authorities.get(fingerprint)
+    if cached is None:
+        ca = CertificateAuthority.from_pem(certificate_pem, private_key_pem)
+        template = DeviceCertificateTemplate.for_authority(ca)
+        if template is None:
+            log.warning("%r: its certificates do not fit the DER template; using CertificateBuilder", ca)
+        _authorities.clear()
+        cached = _authorities[fingerprint] = (ca, template)
+    return cached
 
 
 def _new_key(algorithm: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
     if algorithm == "rsa-2048":
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return ec.generate_private_key(ec.SECP256R1())
+    return ec.generate_private_key(P256)
 
 
-def _issue(
-    ca: CertificateAuthority, thing_name: str, serial_number: str, key_algorithm: str, csr: str | None
-) -> tuple[x509.Certificate, bytes | None]:
-    """The device certificate and, when we made the key, its unencrypted PKCS#8 PEM."""
-    if csr is not None:
-        return ca.issue_from_csr(csr, thing_name, serial_number), None
-    key = _new_key(key_algorithm)
-    certificate = ca.issue_device_certificate(key.public_key(), thing_name, serial_number)
-    return certificate, key.private_bytes(PEM, PKCS8, NO_ENCRYPTION)
+def _credentials(
+    issuer: DeviceIssuer, spec: ProductSpec, thing_name: str, serial_number: str | None, csr: str | None
+) -> tuple[bytes, bytes | None]:
+    """The device certificate (DER) and, when we made the key, its unencrypted PKCS#8 PEM."""
+    if spec.device_csr:
+        if not csr:
+            raise CsrError("csr_required", "the product needs a device CSR and the csr field is empty")
+        # The one parse, signature check and key check of this CSR (validation checks its shape only).
+        _, public_key = load_device_csr_key(csr)
+        return issuer.issue(public_key, thing_name, serial_number, spec.validity_days), None
+    key = _new_key(spec.key_algorithm)
+    key_pem = key.private_bytes(PEM, PKCS8, NO_ENCRYPTION)
+    spki = p256_spki(key_pem) if spec.key_algorithm == "ec-p256" else None
+    return issuer.issue(key, thing_name, serial_number, spec.validity_days, spki), key_pem
 
 
-def _certificate_pem_and_id(certificate: x509.Certificate) -> tuple[str, str]:
-    """PEM and AWS certificate id: the SHA-256 fingerprint is of the DER the certificate already holds."""
-    return certificate.public_bytes(PEM).decode("ascii"), certificate.fingerprint(SHA256).hex()
+def _failure(row: int, thing_name: str | None, error: Exception) -> Failure:
+    """The failure record of a device; the sentence names the row, never key material."""
+    where = f"row {row} ({thing_name})"
+    if isinstance(error, CsrError):
+        return row, error.code, f"{where}: {error}"
+    if isinstance(error, PipelineError):  # raised on purpose, with a sentence that holds no secret
+        return row, CREDENTIAL_ERROR, f"{where}: {error}"
+    # Anything else: its text is not ours to vouch for, so only its type goes into the sentence.
+    return row, CREDENTIAL_ERROR, f"{where}: issuing its credentials failed ({type(error).__name__})"
 
 
-def issue_lines(
-    ca_certificate_pem: str, ca_private_key_pem: str, products: Mapping[str, ProductSpec], lines: bytes
+@dataclass(frozen=True)
+class _Lines:
+    """A product's parameter-line keys, and every device's attribute values in the table being issued."""
+
+    spec: ProductSpec
+    names: tuple[str, ...]
+    values: list[tuple[str, ...]]
+
+    @classmethod
+    def of(cls, spec: ProductSpec, devices: pa.Table) -> _Lines:
+        columns = [_texts(devices, column) for column, _ in spec.attributes]
+        values = list(zip(*columns, strict=True)) if columns else [()] * devices.num_rows
+        return cls(spec, parameter_names(spec.attributes), values)
+
+
+def _texts(devices: pa.Table, column: str) -> list[Any]:
+    """A column's values as strings, "" where null; all "" when the table lacks the column."""
+    if column not in devices.column_names:
+        return [""] * devices.num_rows
+    return devices.column(column).cast(pa.string()).fill_null("").to_pylist()
+
+
+def _column(devices: pa.Table, column: str) -> list[Any]:
+    return devices.column(column).to_pylist() if column in devices.column_names else [None] * devices.num_rows
+
+
+def issue_devices(
+    devices: pa.Table, products: Mapping[str, ProductSpec], ca_certificate_pem: str, ca_private_key_pem: str
 ) -> ChunkOutput:
-    """Issue credentials for devices.jsonl lines (one device record each); runs in a worker or inline."""
-    ca = _authority(ca_certificate_pem, ca_private_key_pem)
+    """Credentials for every device of the table, in this process (what each worker runs on its slice)."""
+    ca, template = _authority(ca_certificate_pem, ca_private_key_pem)
+    issuer = DeviceIssuer(ca, template)
+    models = _column(devices, "model")
+    lines = {m: _Lines.of(products[m], devices) for m in set(models) if m in products}
     params: dict[str, list[bytes]] = defaultdict(list)
-    ledger: list[bytes] = []
+    rows: list[int] = []
+    groups: list[str] = []
+    sizes: list[int] = []
+    ids: list[str] = []
     bundle: list[bytes] = []
-    for raw in lines.splitlines():
-        if not raw:
+    failures: list[Failure] = []
+    numbers, serials, things, csrs = (
+        _column(devices, c) for c in ("row", "serial_number", "thing_name", "csr")
+    )
+    for index, (row, model, serial, thing, csr) in enumerate(
+        zip(numbers, models, serials, things, csrs, strict=True)
+    ):
+        product = lines.get(model)
+        try:
+            if product is None:
+                raise PipelineError(f"model {model} has no product in the catalog")
+            der, key_pem = _credentials(issuer, product.spec, thing, serial, csr)
+            certificate_pem = pem(der, "CERTIFICATE")
+            certificate_id = hashlib.sha256(der).hexdigest()  # AWS IoT's id, of the DER we just built
+            line = encode_line(product.names, (thing, certificate_pem, *product.values[index]))
+            if key_pem is not None:
+                bundle.append(
+                    _bundle_line(thing, serial, model, row, certificate_id, certificate_pem, key_pem)
+                )
+        except Exception as error:  # one device's trouble is that device's failure, not the chunk's
+            failures.append(_failure(row, thing, error))
             continue
-        device = orjson.loads(raw)
-        spec = products[device["model"]]
-        csr = device.get("csr") if spec.device_csr else None
-        certificate, key_pem = _issue(
-            ca, device["thing_name"], device["serial_number"], spec.key_algorithm, csr
-        )
-        certificate_pem, certificate_id = _certificate_pem_and_id(certificate)
-        line = encode_parameters(device, certificate_pem, spec.attributes)
-        params[spec.group].append(line)
-        ledger.append(_ledger_line(device, spec.group, len(line), certificate_id))
-        if key_pem is not None:
-            bundle.append(_bundle_line(device, certificate_id, certificate_pem, key_pem))
+        group = product.spec.group
+        params[group].append(line)
+        rows.append(row)
+        groups.append(group)
+        sizes.append(len(line))
+        ids.append(certificate_id)
     return ChunkOutput(
-        params={group: b"".join(group_lines) for group, group_lines in params.items()},
-        counts={group: len(group_lines) for group, group_lines in params.items()},
-        ledger=b"".join(ledger),
+        params={group: b"".join(group_lines) for group, group_lines in sorted(params.items())},
+        ledger=pa.table([rows, groups, sizes, ids], schema=LEDGER_SCHEMA),
         bundle=b"".join(bundle),
         sealed=len(bundle),
+        failures=failures,
     )
 
 
-def _ledger_line(device: Mapping[str, Any], group: str, size: int, certificate_id: str) -> bytes:
-    record = {
-        "row": device["row"],
-        "model": device["model"],
-        "serial_number": device["serial_number"],
-        "thing_name": device["thing_name"],
-        "group": group,
-        "bytes": size,
-        "certificate_id": certificate_id,
-    }
-    return orjson.dumps(record) + b"\n"
-
-
 def _bundle_line(
-    device: Mapping[str, Any], certificate_id: str, certificate_pem: str, key_pem: bytes
+    thing_name: str,
+    serial_number: str,
+    model: str,
+    row: int,
+    certificate_id: str,
+    certificate_pem: str,
+    key_pem: bytes,
 ) -> bytes:
     """One record of the key bundle payload (include.key_bundle's format); never logged or returned alone."""
     record = {
-        "thing_name": device["thing_name"],
-        "serial_number": device["serial_number"],
-        "model": device["model"],
-        "row": device["row"],
+        "thing_name": thing_name,
+        "serial_number": serial_number,
+        "model": model,
+        "row": row,
         "certificate_id": certificate_id,
         "certificate_pem": certificate_pem,
         "private_key_pem": key_pem.decode("ascii"),
@@ -169,65 +246,96 @@ def _bundle_line(
     return orjson.dumps(record) + b"\n"
 
 
+def _to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _from_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(data).read_all()
+
+
+SliceBytes = tuple[dict[str, bytes], bytes, bytes, int, bytes]
+
+
+def _issue_slice(
+    ca_certificate_pem: str, ca_private_key_pem: str, products: Mapping[str, ProductSpec], devices: bytes
+) -> SliceBytes:
+    """A worker's job: a slice in as Arrow IPC bytes, its output back as bytes (no per-device objects)."""
+    output = issue_devices(_from_ipc(devices), products, ca_certificate_pem, ca_private_key_pem)
+    return output.params, _to_ipc(output.ledger), output.bundle, output.sealed, orjson.dumps(output.failures)
+
+
+def _from_slice(result: SliceBytes) -> ChunkOutput:
+    params, ledger, bundle, sealed, failures = result
+    return ChunkOutput(params, _from_ipc(ledger), bundle, sealed, [tuple(f) for f in orjson.loads(failures)])
+
+
 def merge(outputs: Sequence[ChunkOutput]) -> ChunkOutput:
-    """Slice outputs joined in order: one bytes object per group, ledger and bundle."""
+    """Slice outputs joined in order: one bytes object per group, one ledger, one bundle."""
     groups = sorted({g for o in outputs for g in o.params})
     return ChunkOutput(
         params={g: b"".join(o.params[g] for o in outputs if g in o.params) for g in groups},
-        counts={g: sum(o.counts.get(g, 0) for o in outputs) for g in groups},
-        ledger=b"".join(o.ledger for o in outputs),
+        ledger=pa.concat_tables([o.ledger for o in outputs]) if outputs else LEDGER_SCHEMA.empty_table(),
         bundle=b"".join(o.bundle for o in outputs),
         sealed=sum(o.sealed for o in outputs),
+        failures=[f for o in outputs for f in o.failures],
     )
-
-
-def _slices(items: Sequence[T], count: int) -> list[Sequence[T]]:
-    size = max(1, -(-len(items) // count))
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _workers_for(devices: int, workers: int) -> int:
     return max(1, min(workers, devices // MIN_DEVICES_PER_WORKER))
 
 
-def _run_slices(args: tuple, slices: Sequence[bytes], workers: int) -> Iterator[ChunkOutput]:
-    """issue_lines(*args, slice) for every slice, in slice order; on `workers` processes when above 1."""
-    if workers == 1:
-        yield from (issue_lines(*args, part) for part in slices)
-        return
-    # fork: workers start in milliseconds with everything imported. spawn/forkserver re-run the parent's
-    # __main__ in every worker (under Airflow's console script: Airflow imported again, seconds per worker).
-    context = multiprocessing.get_context("fork")
+def _run_slices(
+    slices: Sequence[pa.Table],
+    products: Mapping[str, ProductSpec],
+    ca_certificate_pem: str,
+    ca_private_key_pem: str,
+    workers: int,
+) -> Iterator[ChunkOutput]:
+    """issue_devices for every slice, in slice order, on the worker pool; inline if the pool breaks."""
     done = 0
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = [pool.submit(issue_lines, *args, part) for part in slices]
-            for future in futures:
-                yield future.result()
-                done += 1
+        pool = worker_pool(workers)
+        futures = [
+            pool.submit(_issue_slice, ca_certificate_pem, ca_private_key_pem, products, _to_ipc(part))
+            for part in slices
+        ]
+        for future in futures:
+            yield _from_slice(future.result())
+            done += 1
     except BrokenProcessPool:
-        # A worker died (e.g. killed for memory): finish the remaining slices inline.
+        # A worker died (e.g. killed for memory): finish the remaining slices inline, start afresh next time.
         log.warning(
-            "credentials process pool unavailable; issuing the remaining %d slices inline", len(slices) - done
+            "credentials worker pool broke; issuing the remaining %d slices inline", len(slices) - done
         )
-        yield from (issue_lines(*args, part) for part in slices[done:])
+        shutdown_workers()
+        for part in slices[done:]:
+            yield issue_devices(part, products, ca_certificate_pem, ca_private_key_pem)
 
 
 def issue_chunk(
-    device_lines: Sequence[bytes],
+    devices: pa.Table,
     products: Mapping[str, ProductSpec],
     ca_certificate_pem: str,
     ca_private_key_pem: str,
     *,
     workers: int = 1,
 ) -> ChunkOutput:
-    """Credentials, parameter lines, ledger lines and bundle plaintext for a chunk's device records.
+    """Credentials, parameter lines, ledger and bundle plaintext for a chunk's devices.
 
-    Each slice travels as one bytes object each way (no per-device pickling between processes).
+    `devices`: row (int64), model, serial_number, thing_name, csr (null without one), and a string column
+    per manifest column a product maps to an attribute. Small chunks (or workers=1) run in this process.
     """
     _authority(ca_certificate_pem, ca_private_key_pem)  # fail fast, in this process, on a bad CA
-    workers = _workers_for(len(device_lines), workers)
-    parts = _slices(device_lines, workers * SLICES_PER_WORKER) if workers > 1 else [device_lines]
-    slices = [b"\n".join(part) for part in parts]
-    args = (ca_certificate_pem, ca_private_key_pem, dict(products))
-    return merge(list(_run_slices(args, slices, workers)))
+    useful = _workers_for(devices.num_rows, workers)
+    if useful == 1:
+        return issue_devices(devices, products, ca_certificate_pem, ca_private_key_pem)
+    count = useful * SLICES_PER_WORKER
+    size = -(-devices.num_rows // count)
+    slices = [devices.slice(start, size) for start in range(0, devices.num_rows, size)]
+    outputs = _run_slices(slices, dict(products), ca_certificate_pem, ca_private_key_pem, workers)
+    return merge(list(outputs))

@@ -6,8 +6,12 @@ import csv
 import io
 from collections.abc import Iterable, Sequence
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 NEUTRALISER = "'"
+_NEUTRALISED = f"^{NEUTRALISER}[" + "".join(f"\\x{ord(c):02x}" for c in FORMULA_TRIGGERS) + "]"
 
 
 def neutralise(value: object) -> str:
@@ -18,11 +22,13 @@ def neutralise(value: object) -> str:
     return text
 
 
-def restore(value: str) -> str:
-    """Undo `neutralise` when reading a CSV the pipeline (or a careful spreadsheet user) wrote."""
-    if len(value) > 1 and value[0] == NEUTRALISER and value[1] in "=+-@\t\r":
-        return value[1:]
-    return value
+def restore(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Undo `neutralise` on a column read from a CSV the pipeline (or a careful spreadsheet user) wrote."""
+    if not pc.any(pc.starts_with(values, NEUTRALISER)).as_py():
+        return values
+    return pc.if_else(
+        pc.match_substring_regex(values, _NEUTRALISED), pc.utf8_slice_codeunits(values, 1), values
+    )
 
 
 def write_csv(header: Sequence[str], rows: Iterable[Sequence[object]]) -> bytes:

@@ -56,3 +56,7 @@ class AccountingError(PipelineError):
 
 class ReconcileError(PipelineError):
     """A registration report cannot be matched to the batch's parameter file."""
+
+
+class InventoryError(PipelineError):
+    """The inventory cannot be used (an earlier schema, an unreachable database)."""

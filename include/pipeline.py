@@ -1,20 +1,8 @@
-"""The pipeline stages as plain functions: one Airflow task calls one (JSON-safe dicts in and out).
+"""The pipeline stages: each reads its inputs, calls the domain's pure parts, writes its outputs.
 
-S3 layout (bucket = settings.bucket):
-    {work_prefix}{sha256}/manifest.csv                         the manifest, keyed by its content hash
-    {work_prefix}{sha256}/runs/{run}/accepted.jsonl            validated rows (normalised, with row numbers)
-                                   /quarantine.csv             refused rows: original values + reason
-                                   /preflight.json             pre-flight report
-                                   /chunks/{i}/devices.jsonl   the devices of credentials chunk i
-                                   /chunks/{i}/params-{group}.jsonl, /chunks/{i}/ledger.jsonl
-                                   /bundles/chunk-{i}.fkb      encrypted private keys (include.key_bundle)
-                                   /ca-certificate.pem         the factory CA certificate (public)
-                                   /params/{group}.jsonl       bulk-registration input, one per group
-                                   /templates/{group}.json     the rendered provisioning template
-                                   /ledger.jsonl               row <-> group line/offset <-> certificate id
-                                   /ledger/{group}.jsonl       the same entries, one file per group
-                                   /failed/{group}.csv, /failed.csv   retry manifests (manifest's own format)
-                                   /summary.json, /report.md
+One Airflow task calls one stage. Rows travel between stages as Parquet tables in S3 (include.run_files says
+where); XCom carries only the small records of include.records. Each stage writes each row once, and the
+inventory records each row's outcome once per change of state.
 """
 
 from __future__ import annotations
@@ -25,62 +13,69 @@ import hashlib
 import json
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
+import pyarrow as pa
 
 from include import key_bundle
-from include.catalog import Catalog, load_catalog
-from include.certificate_authority import certificate_id_from_pem
+from include.catalog import load_catalog
 from include.credentials import ProductSpec, issue_chunk
 from include.csv_safety import write_csv
-from include.errors import AccountingError, ManifestError, PreflightError, ReconcileError, SourceError
-from include.inventory import PENDING, Inventory
-from include.manifest import quarantine_csv, read_header, read_manifest, retry_csv, validate_manifest
-from include.reports import parse_report_line
+from include.errors import AccountingError, ManifestError, PipelineError, PreflightError, ReconcileError
+from include.inventory import Holder, Inventory
+from include.ledger import LEDGER_SCHEMA, UnitLedger, match_reports
+from include.manifest import (
+    full_verdict,
+    quarantine_csv,
+    read_header,
+    read_manifest,
+    retry_csv,
+    validate_manifest,
+)
+from include.outcomes import (
+    CLAIMED,
+    FAILED,
+    OUTCOMES,
+    PENDING,
+    PREFLIGHT_FAILED,
+    PROVISIONED,
+    QUARANTINED,
+    RUN_ABANDONED,
+    RUN_ABANDONED_STATE,
+    RUN_FINISHED,
+    SKIPPED,
+)
+from include.plan import cut_work, plan_dead_run
+from include.prerequisites import check_prerequisites
+from include.records import (
+    Batch,
+    Checks,
+    Chunk,
+    ChunkResult,
+    Reconciled,
+    Registration,
+    RegistrationUnit,
+    Validated,
+)
+from include.registration import STARTING
 from include.settings import Settings
 from include.storage import (
     get_bytes,
-    iter_lines,
+    get_table,
     object_exists,
     put_bytes,
+    put_table,
     read_source,
     read_text_setting,
-    safe_key_part,
     upload_stream,
 )
 from include.summary import render_report
-from include.templates import render_template
 
-__all__ = [
-    "PreflightError",
-    "intake",
-    "validate",
-    "preflight",
-    "issue_credentials",
-    "write_parameter_files",
-    "template_body",
-    "reconcile",
-    "summarize",
-    "known_batch",
-    "registration_task_for",
-    "record_registration_task",
-    "record_registration_status",
-]
-
-# Template size check before the CA is known: a P-256 CA certificate PEM is about 700 characters.
-PLACEHOLDER_CA_PEM = "-----BEGIN CERTIFICATE-----\n" + "A" * 1200 + "\n-----END CERTIFICATE-----\n"
-NO_REPORT_LINE = "NoReportLine"
-
-
-def _jsonl(records: Iterable[dict[str, Any]]) -> bytes:
-    return b"".join(orjson.dumps(r) + b"\n" for r in records)
-
-
-def _read_jsonl(s3: Any, bucket: str, key: str) -> Iterator[dict[str, Any]]:
-    for line in iter_lines(s3, bucket, key):
-        yield orjson.loads(line)
+# Whether the Airflow run that holds claims is still running: True, False, or None when it cannot be told
+# (a run of another deployment, or one that Airflow never knew): unknown runs are treated as live.
+IsLive = Callable[[str, str | None], bool | None]
 
 
 def _inventory(settings: Settings) -> Inventory:
@@ -88,22 +83,31 @@ def _inventory(settings: Settings) -> Inventory:
 
 
 @contextlib.contextmanager
-def _timed(settings: Settings, batch: dict, stage: str, counter: dict[str, int]) -> Iterator[None]:
+def _timed(settings: Settings, batch: Batch, stage: str, counter: dict[str, int]) -> Iterator[None]:
     """Record a stage's duration (and device count, set by the stage in `counter`) in the inventory."""
     start = time.perf_counter()
     yield
     _inventory(settings).record_stage(
-        batch["run_id"], stage, time.perf_counter() - start, counter.get("devices")
+        batch.run_id, stage, time.perf_counter() - start, counter.get("devices")
     )
 
 
-def _chunk_prefix(batch: dict, index: int) -> str:
-    return f"{batch['run_prefix']}chunks/{index:05d}/"
-
-
-def _client_error_code(exc: Exception) -> str | None:
-    response = getattr(exc, "response", None)
-    return response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+def _outcome(
+    row: int, outcome: str, code: str | None = None, reason: str | None = None, **fields: Any
+) -> tuple:
+    """One row outcome as the inventory's bulk tuple (include.inventory.OUTCOME_FIELDS order)."""
+    return (
+        row,
+        outcome,
+        code,
+        reason,
+        fields.get("model"),
+        fields.get("serial_number"),
+        fields.get("thing_name"),
+        fields.get("unit"),
+        fields.get("param_line"),
+        fields.get("certificate_id"),
+    )
 
 
 # -- 1. intake -------------------------------------------------------------------------------------------
@@ -113,652 +117,613 @@ def intake(
     source: str,
     *,
     run_id: str,
+    dag_id: str | None = None,
     product: str | None = None,
     dry_run: bool = False,
     max_devices: int | None = None,
-) -> dict:
-    """Read the manifest (s3:// URI or local path), key the batch by its SHA-256, copy it to the work prefix.
-
-    Returns {"batch_id", "run_id", "source", "manifest_key", "product", "dry_run", "max_devices",
-    "work_prefix", "run_prefix", "bucket", "new_batch", "bytes"}.
-    """
+) -> Batch:
+    """Read the manifest (s3:// URI or local path), key the batch by its SHA-256, copy it to the work area."""
     started = time.perf_counter()
     product = product or None
     if product is not None and product not in load_catalog(settings.catalog_path):
         raise ManifestError(f"product override {product!r} is not in the product catalog")
     if max_devices is not None and max_devices < 1:
-        raise ValueError(f"max_devices must be at least 1, got {max_devices}")
+        raise ManifestError(f"max_devices must be at least 1, got {max_devices}")
     data = read_source(s3, source)
-    batch_id = hashlib.sha256(data).hexdigest()
-    work_prefix = f"{settings.work_prefix}{batch_id}/"
-    manifest_key = f"{work_prefix}manifest.csv"
-    if not object_exists(s3, settings.bucket, manifest_key):
-        put_bytes(s3, settings.bucket, manifest_key, data, "text/csv")
+    batch = Batch(
+        batch_id=hashlib.sha256(data).hexdigest(),
+        run_id=run_id,
+        dag_id=dag_id,
+        source=source,
+        bucket=settings.bucket,
+        work_prefix=settings.work_prefix,
+        product=product,
+        dry_run=bool(dry_run),
+        max_devices=max_devices,
+        bytes=len(data),
+    )
+    files = batch.files
+    if not object_exists(s3, settings.bucket, files.manifest):
+        put_bytes(s3, settings.bucket, files.manifest, data, "text/csv")
     inventory = _inventory(settings)
-    new_batch = inventory.record_batch(batch_id, source, manifest_key, len(data))
-    inventory.record_run(run_id, batch_id, source, product=product, dry_run=dry_run, max_devices=max_devices)
-    inventory.record_stage(run_id, "intake", time.perf_counter() - started)
-    return {
-        "batch_id": batch_id,
-        "run_id": run_id,
-        "source": source,
-        "bucket": settings.bucket,
-        "manifest_key": manifest_key,
-        "product": product,
-        "dry_run": bool(dry_run),
-        "max_devices": max_devices,
-        "work_prefix": work_prefix,
-        "run_prefix": f"{work_prefix}runs/{safe_key_part(run_id)}/",
-        "new_batch": new_batch,
-        "bytes": len(data),
-    }
+    new_batch = inventory.record_batch(batch.batch_id, source, files.manifest, len(data))
+    inventory.record_run(
+        run_id,
+        batch.batch_id,
+        source,
+        dag_id=dag_id,
+        product=product,
+        dry_run=dry_run,
+        max_devices=max_devices,
+    )
+    inventory.record_stage(run_id, "intake", time.perf_counter() - started, None)
+    return batch.model_copy(update={"new_batch": new_batch})
 
 
-def known_batch(settings: Settings, batch_id: str) -> bool:
-    """Whether a manifest with this content hash was taken in before (the scheduled scan skips it)."""
-    return _inventory(settings).batch_known(batch_id)
+def fail_run(settings: Settings, run_id: str, source: str, error: BaseException) -> None:
+    """Record why a run stopped (the message of a domain error: never key material)."""
+    _inventory(settings).fail_run(run_id, source, f"{type(error).__name__}: {error}")
 
 
 # -- 2. validate -----------------------------------------------------------------------------------------
-def validate(s3: Any, settings: Settings, batch: dict) -> dict:
-    """Validate the manifest against contract v1 and the catalog; write accepted rows and quarantine.csv.
-
-    Returns {"rows", "accepted", "quarantined", "reasons": {code: n}, "quarantine_key", "accepted_key",
-    "ignored_columns"}.
-    """
+def validate(s3: Any, settings: Settings, batch: Batch) -> Validated:
+    """Validate the manifest against contract v1 and the catalog; write accepted rows and quarantine.csv."""
     counter: dict[str, int] = {}
+    files = batch.files
     with _timed(settings, batch, "validate", counter):
-        table = read_manifest(get_bytes(s3, settings.bucket, batch["manifest_key"]))
+        table = read_manifest(get_bytes(s3, settings.bucket, files.manifest))
         catalog = load_catalog(settings.catalog_path)
-        result = validate_manifest(
-            table, catalog, product=batch.get("product"), max_devices=batch.get("max_devices")
-        )
+        # A dry run issues nothing, so it also runs the checks that issuing makes (device CSRs): its verdict
+        # is the one a real run would reach (include.check_manifest gives the same).
+        verdict = full_verdict if batch.dry_run else validate_manifest
+        result = verdict(table, catalog, product=batch.product, max_devices=batch.max_devices)
         counter["devices"] = result.rows
-        accepted_key = f"{batch['run_prefix']}accepted.jsonl"
-        quarantine_key = f"{batch['run_prefix']}quarantine.csv"
-        put_bytes(s3, settings.bucket, accepted_key, _jsonl(result.accepted), "application/x-ndjson")
-        put_bytes(s3, settings.bucket, quarantine_key, quarantine_csv(table, result.quarantined), "text/csv")
-        serial_at = table.columns.index("serial_number") if "serial_number" in table.columns else None
-        model_at = table.columns.index("model") if "model" in table.columns else None
-        cells = dict(table.rows)
-
-        def cell(row: int, at: int | None) -> str | None:
-            values = cells[row]
-            return values[at].strip()[:128] if at is not None and at < len(values) else None
-
+        put_table(s3, settings.bucket, files.accepted, result.accepted)
+        put_bytes(
+            s3, settings.bucket, files.quarantine, quarantine_csv(table, result.quarantined), "text/csv"
+        )
+        refused = [row for row, _, _ in result.quarantined]
+        serials, models = _cells(table, "serial_number", refused), _cells(table, "model", refused)
         inventory = _inventory(settings)
         inventory.record_outcomes(
-            batch["run_id"],
-            batch["batch_id"],
+            batch.run_id,
+            batch.batch_id,
             (
-                {
-                    "manifest_row": row,
-                    "outcome": "quarantined",
-                    "reason_code": code,
-                    "reason": sentence,
-                    "serial_number": cell(row, serial_at),
-                    "model": batch.get("product") or cell(row, model_at),
-                }
+                _outcome(
+                    row,
+                    QUARANTINED,
+                    code,
+                    sentence,
+                    serial_number=serials.get(row),
+                    model=batch.product or models.get(row),
+                )
                 for row, code, sentence in result.quarantined
             ),
         )
-        inventory.set_run_rows(batch["run_id"], result.rows)
-    return {
-        "rows": result.rows,
-        "accepted": len(result.accepted),
-        "quarantined": len(result.quarantined),
-        "reasons": result.reasons,
-        "quarantine_key": quarantine_key,
-        "accepted_key": accepted_key,
-        "ignored_columns": result.ignored_columns,
-    }
+        inventory.update_run(batch.run_id, rows=result.rows)
+    return Validated(
+        rows=result.rows,
+        accepted=result.accepted.num_rows,
+        quarantined=len(result.quarantined),
+        reasons=result.reasons,
+        ignored_columns=result.ignored_columns,
+        accepted_key=files.accepted,
+        quarantine_key=files.quarantine,
+    )
+
+
+def _cells(table: Any, column: str, rows: list[int]) -> dict[int, str | None]:
+    """Refused rows' cells of a column (trimmed, at most 128 characters), for their inventory records."""
+    if column not in table.columns:
+        return {}
+    at = table.columns.index(column)
+    return {row: cells[at].strip()[:128] for row, cells in zip(rows, table.cells_of(rows), strict=True)}
 
 
 # -- 3. pre-flight ---------------------------------------------------------------------------------------
-def _exists(call: Any, **kwargs: Any) -> dict | None:
-    """The response of a Describe/Get call, or None when AWS says the resource does not exist."""
-    try:
-        return call(**kwargs)
-    except Exception as exc:
-        if _client_error_code(exc) == "ResourceNotFoundException":
-            return None
-        raise
-
-
-def _prerequisite_problems(
-    iot: Any, catalog: Catalog, models: list[str], ca_certificate_pem: str | None
-) -> list[str]:
-    problems: list[str] = []
-    checked: set[tuple[str, str]] = set()
-
-    def check(kind: str, name: str, model: str, call: Any, **kwargs: Any) -> dict | None:
-        if (kind, name) in checked:
-            return None
-        checked.add((kind, name))
-        found = _exists(call, **kwargs)
-        if found is None:
-            problems.append(f"{kind} {name} (product {model}) does not exist in AWS IoT")
-        return found
-
-    for model in models:
-        product = catalog.products[model]
-        if product.thing_type:
-            found = check(
-                "thing type",
-                product.thing_type,
-                model,
-                iot.describe_thing_type,
-                thingTypeName=product.thing_type,
-            )
-            if found and (found.get("thingTypeMetadata") or {}).get("deprecated"):
-                problems.append(f"thing type {product.thing_type} (product {model}) is deprecated")
-        for group in product.thing_groups:
-            check("thing group", group, model, iot.describe_thing_group, thingGroupName=group)
-        check("policy", product.policy, model, iot.get_policy, policyName=product.policy)
-        try:
-            render_template(product, ca_certificate_pem or PLACEHOLDER_CA_PEM)
-        except Exception as exc:  # TemplateError, CatalogError: report with the rest
-            problems.append(str(exc))
-    if ca_certificate_pem:
-        ca_id = certificate_id_from_pem(ca_certificate_pem)
-        described = _exists(iot.describe_ca_certificate, certificateId=ca_id)
-        if described is None:
-            problems.append(f"the factory CA (certificate id {ca_id}) is not registered in AWS IoT")
-        elif described["certificateDescription"]["status"] != "ACTIVE":
-            status = described["certificateDescription"]["status"]
-            problems.append(f"the factory CA (certificate id {ca_id}) is {status}, not ACTIVE")
-    else:
-        listed = iot.list_ca_certificates(pageSize=250).get("certificates", [])
-        if not any(c.get("status") == "ACTIVE" for c in listed):
-            problems.append("no ACTIVE CA certificate is registered in AWS IoT")
-    return problems
-
-
 def preflight(
-    s3: Any, iot: Any, settings: Settings, batch: dict, *, ca_certificate_pem: str | None = None
-) -> dict:
-    """Check IoT prerequisites and the inventory, mark already-provisioned devices skipped, cut chunks.
+    s3: Any,
+    iot: Any,
+    settings: Settings,
+    batch: Batch,
+    *,
+    ca_certificate_pem: str | None = None,
+    is_live: IsLive | None = None,
+) -> Checks:
+    """Prerequisites, then claims: each accepted device is claimed for this run before anything is made for
+    it. Devices provisioned or claimed by a live run are skipped; a dead run of this batch has its started
+    registrations resumed (adopted) and its other claims taken over. The rest is cut into chunks and units.
 
-    Pass the factory CA certificate as `ca_certificate_pem` to check that exactly this CA is registered and
-    ACTIVE (without it, any ACTIVE CA passes). Raises PreflightError listing every missing prerequisite, after
-    writing the report. Returns {"to_provision", "skipped", "chunks": [{"index", "start", "stop"}], "groups",
-    "report_key", "dry_run", "problems"}.
+    Raises PreflightError listing every missing prerequisite, after writing the report and quarantining
+    every accepted row with it (claiming nothing).
+    A dry run claims nothing and writes no chunk files.
     """
     counter: dict[str, int] = {}
+    files = batch.files
     with _timed(settings, batch, "preflight", counter):
         catalog = load_catalog(settings.catalog_path)
-        accepted = list(_read_jsonl(s3, settings.bucket, f"{batch['run_prefix']}accepted.jsonl"))
-        counter["devices"] = len(accepted)
-        models = sorted({d["model"] for d in accepted})
-        problems = _prerequisite_problems(iot, catalog, models, ca_certificate_pem)
-        inventory = _inventory(settings)
-        done = inventory.provisioned(d["thing_name"] for d in accepted)
-        skipped = [d for d in accepted if d["thing_name"] in done]
-        to_provision = [d for d in accepted if d["thing_name"] not in done]
-        size = settings.chunk_size
-        chunks = [
-            {"index": i, "start": start, "stop": min(start + size, len(to_provision))}
-            for i, start in enumerate(range(0, len(to_provision), size))
-        ]
-        groups = sorted({catalog.products[d["model"]].group for d in to_provision})
-        report_key = f"{batch['run_prefix']}preflight.json"
-        report = {
-            "batch_id": batch["batch_id"],
-            "run_id": batch["run_id"],
+        accepted = get_table(s3, settings.bucket, files.accepted)
+        counter["devices"] = accepted.num_rows
+        rows = accepted.column("row").to_pylist()
+        models = accepted.column("model").to_pylist()
+        problems, templates = check_prerequisites(iot, catalog, sorted(set(models)), ca_certificate_pem)
+        report: dict[str, Any] = {
+            "batch_id": batch.batch_id,
+            "run_id": batch.run_id,
             "checked_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "products": models,
+            "products": sorted(set(models)),
             "problems": problems,
-            "accepted": len(accepted),
-            "skipped": len(skipped),
-            "to_provision": len(to_provision),
-            "groups": {
-                g: sum(1 for d in to_provision if catalog.products[d["model"]].group == g) for g in groups
-            },
-            "chunks": chunks,
-            "dry_run": bool(batch.get("dry_run")),
+            "accepted": len(rows),
+            "dry_run": batch.dry_run,
         }
-        put_bytes(s3, settings.bucket, report_key, json.dumps(report, indent=2).encode(), "application/json")
         if problems:
-            raise PreflightError(problems)
-        inventory.record_outcomes(
-            batch["run_id"],
-            batch["batch_id"],
-            [
-                {
-                    "manifest_row": d["row"],
-                    "outcome": "skipped",
-                    "reason_code": "already_provisioned",
-                    "reason": f"thing {d['thing_name']} is already provisioned in the inventory",
-                    "model": d["model"],
-                    "serial_number": d["serial_number"],
-                    "thing_name": d["thing_name"],
-                }
-                for d in skipped
-            ]
-            + [
-                {
-                    "manifest_row": d["row"],
-                    "outcome": PENDING,
-                    "model": d["model"],
-                    "serial_number": d["serial_number"],
-                    "thing_name": d["thing_name"],
-                    "group_name": catalog.products[d["model"]].group,
-                }
-                for d in to_provision
-            ],
+            put_bytes(s3, settings.bucket, files.preflight, json.dumps(report, indent=2).encode())
+            error = PreflightError(problems)
+            _inventory(settings).record_outcomes(
+                batch.run_id,
+                batch.batch_id,
+                (
+                    _outcome(row, QUARANTINED, PREFLIGHT_FAILED, str(error), model=model)
+                    for row, model in zip(rows, models, strict=True)
+                ),
+            )
+            raise error
+        for group, body in templates.items():
+            put_bytes(s3, settings.bucket, files.template(group), body.encode("utf-8"), "application/json")
+        inventory = _inventory(settings)
+        holders = inventory.claim(
+            batch.run_id,
+            batch.batch_id,
+            zip(
+                accepted.column("thing_name").to_pylist(),
+                rows,
+                models,
+                accepted.column("serial_number").to_pylist(),
+                strict=True,
+            ),
+            dry_run=batch.dry_run,
         )
-        if not batch.get("dry_run"):
-            for chunk in chunks:
-                devices = to_provision[chunk["start"] : chunk["stop"]]
-                key = f"{_chunk_prefix(batch, chunk['index'])}devices.jsonl"
-                put_bytes(s3, settings.bucket, key, _jsonl(devices), "application/x-ndjson")
-    return {
-        "to_provision": len(to_provision),
-        "skipped": len(skipped),
-        "chunks": chunks,
-        "groups": groups,
-        "report_key": report_key,
-        "dry_run": bool(batch.get("dry_run")),
-        "problems": problems,
-    }
+        resumed = Resumed()
+        if not batch.dry_run and holders:
+            resumed = _resume_dead_runs(s3, inventory, batch, holders, set(rows), is_live)
+        skipped = set(holders) - resumed.adopted_rows - resumed.taken_over
+        group_of = {model: catalog.products[model].group for model in set(models)}
+        rows_by_group: dict[str, list[int]] = defaultdict(list)
+        position = {}
+        for index, (row, model) in enumerate(zip(rows, models, strict=True)):
+            if row not in skipped and row not in resumed.adopted_rows:
+                rows_by_group[group_of[model]].append(row)
+                position[row] = index
+        work = cut_work(
+            rows_by_group,
+            files,
+            chunk_size=settings.chunk_size,
+            unit_lines=settings.registration_task_lines,
+        )
+        if not batch.dry_run:
+            for chunk in work.chunks:
+                indexes = pa.array([position[row] for row in work.rows_of_chunk[chunk.index]], pa.int64())
+                put_table(s3, settings.bucket, files.chunk_devices(chunk.index), accepted.take(indexes))
+        to_provision = sum(chunk.devices for chunk in work.chunks)
+        report.update(
+            skipped=len(skipped),
+            to_provision=to_provision,
+            adopted={unit.unit: unit.adopted_from for unit in resumed.units},
+            units={unit.unit: unit.lines for unit in work.units},
+            chunks=[chunk.to_xcom() for chunk in work.chunks],
+        )
+        put_bytes(
+            s3, settings.bucket, files.preflight, json.dumps(report, indent=2).encode(), "application/json"
+        )
+    return Checks(
+        accepted=len(rows),
+        to_provision=to_provision,
+        skipped=len(skipped),
+        adopted=len(resumed.adopted_rows),
+        chunks=work.chunks,
+        units=[*work.units, *resumed.units],
+        report_key=files.preflight,
+        dry_run=batch.dry_run,
+        problems=[],
+    )
+
+
+@dataclass
+class Resumed:
+    """What a run took over from dead runs of its batch."""
+
+    units: list[RegistrationUnit] = field(default_factory=list)  # their started units, resumed as they are
+    adopted_rows: set[int] = field(default_factory=set)  # this run's rows registered by those units
+    taken_over: set[int] = field(default_factory=set)  # rows they claimed but never registered: issued here
+
+
+def unit_rows(s3: Any, batch: Batch, unit: RegistrationUnit) -> list[int]:
+    """Manifest rows a unit's ledgers hold (the devices its parameter file registers)."""
+    files = batch.files_of(unit.run_id)
+    rows: list[int] = []
+    for index in unit.chunks:
+        with contextlib.suppress(PipelineError):  # a chunk that never wrote its ledger issued nothing
+            rows += get_table(s3, batch.bucket, files.chunk_ledger(index), ["row"]).column("row").to_pylist()
+    return rows
+
+
+def _resume_dead_runs(
+    s3: Any,
+    inventory: Inventory,
+    batch: Batch,
+    holders: dict[int, Holder],
+    wanted_rows: set[int],
+    is_live: IsLive | None,
+) -> Resumed:
+    """Adopt what dead runs of this batch left: their started units, and their claims on wanted devices."""
+    dead_runs = sorted(
+        {h.run_id for h in holders.values() if h.status == CLAIMED and h.batch_id == batch.batch_id}
+    )
+    resumed = Resumed()
+    for dead in dead_runs:
+        record = inventory.run(dead) or {}
+        live = is_live(dead, record.get("dag_id")) if is_live is not None else None
+        if live is not False:
+            continue  # live, or unknown: its devices are skipped, never taken
+        claimed = inventory.claimed_by(dead)
+        started = [
+            RegistrationUnit.of(task["spec"]).model_copy(update={"task_id": task["task_id"]})
+            for task in inventory.registration_tasks(dead)
+        ]
+        rows_in_unit = {unit.unit: unit_rows(s3, batch, unit) for unit in started}
+        plan = plan_dead_run(dead, claimed, started, rows_in_unit, wanted_rows)
+        name_of = {row: name for name, row in claimed.items()}
+        moving = [*plan.adopted_rows, *plan.take_over]
+        inventory.transfer_claims(dead, batch.run_id, [name_of[row] for row in moving if row in name_of])
+        inventory.release_claims(dead, plan.give_up)
+        mine = {row: unit for row, unit in plan.adopted_rows.items() if row in wanted_rows}
+        inventory.set_outcomes(
+            batch.run_id,
+            [_outcome(row, PENDING, unit=unit) for row, unit in mine.items()]
+            + [_outcome(row, PENDING) for row in plan.take_over],
+        )
+        abandoned = f"run {dead} ended before registering this device; run {batch.run_id} provisions it"
+        given_up = [claimed[name] for name in plan.give_up]
+        inventory.set_outcomes(
+            dead, [_outcome(row, FAILED, RUN_ABANDONED, abandoned) for row in [*plan.take_over, *given_up]]
+        )
+        inventory.update_run(dead, state=RUN_ABANDONED_STATE, adopted_by=batch.run_id)
+        resumed.units += plan.adopt
+        resumed.adopted_rows |= set(mine)
+        resumed.taken_over |= set(plan.take_over)
+    return resumed
 
 
 # -- 4. credentials --------------------------------------------------------------------------------------
 def issue_credentials(
-    s3: Any, settings: Settings, batch: dict, chunk: dict, ca_certificate_pem: str, ca_private_key_pem: str
-) -> dict:
-    """Make keys and certificates for one chunk; write parameter-line parts, ledger part and the key bundle.
+    s3: Any, settings: Settings, batch: Batch, chunk: Chunk, ca_certificate_pem: str, ca_private_key_pem: str
+) -> ChunkResult:
+    """Keys and certificates for one chunk: parameter lines, ledger and key bundle to S3.
 
-    Returns {"index", "devices", "bundle_key", "groups": {group: lines}}. No key material in the result.
+    A device whose credentials cannot be made (its CSR does not verify, say) is quarantined with its reason
+    and its claim released; the rest of the chunk goes on.
     """
-    index = int(chunk["index"])
     counter: dict[str, int] = {}
-    with _timed(settings, batch, f"credentials[{index}]", counter):
+    files = batch.files
+    inventory = _inventory(settings)
+    _refuse_if_registering(inventory, batch, chunk.unit, f"chunk {chunk.index}")
+    with _timed(settings, batch, f"credentials[{chunk.index}]", counter):
         recipient = read_text_setting(s3, settings.bundle_recipient_public_key, "bundle recipient public key")
         key_bundle.load_recipient(recipient)  # fail before the expensive work
         catalog = load_catalog(settings.catalog_path)
+        devices = get_table(s3, settings.bucket, files.chunk_devices(chunk.index))
+        counter["devices"] = devices.num_rows
         products = {model: ProductSpec.of(p) for model, p in catalog.products.items()}
-        prefix = _chunk_prefix(batch, index)
-        data = get_bytes(s3, settings.bucket, f"{prefix}devices.jsonl")
-        devices = [line for line in data.splitlines() if line]
-        counter["devices"] = len(devices)
-        # Workers do all per-device work; this process only seals and uploads a few large objects.
         output = issue_chunk(
             devices, products, ca_certificate_pem, ca_private_key_pem, workers=settings.workers
         )
         bundle_key = None
         if output.sealed:
-            bundle = key_bundle.seal_payload(
-                output.bundle, output.sealed, recipient, batch_id=batch["batch_id"], chunk=index
+            sealed = key_bundle.seal_payload(
+                output.bundle, output.sealed, recipient, batch_id=batch.batch_id, chunk=chunk.index
             )
             output.bundle = b""
-            bundle_key = f"{batch['run_prefix']}bundles/chunk-{index:05d}.fkb"
-            put_bytes(s3, settings.bucket, bundle_key, bundle)
-        for group, lines in output.params.items():
-            put_bytes(s3, settings.bucket, f"{prefix}params-{group}.jsonl", lines)
-        put_bytes(s3, settings.bucket, f"{prefix}ledger.jsonl", output.ledger)
-        if index == 0:  # once per run: every run with devices has chunk 0
-            put_bytes(
-                s3, settings.bucket, f"{batch['run_prefix']}ca-certificate.pem", ca_certificate_pem.encode()
+            bundle_key = put_bytes(s3, settings.bucket, files.bundle(chunk.index), sealed)
+        params = output.params.get(chunk.group, b"")
+        put_bytes(s3, settings.bucket, files.chunk_params(chunk.index), params, "application/x-ndjson")
+        put_table(s3, settings.bucket, files.chunk_ledger(chunk.index), _chunk_ledger(devices, output.ledger))
+        if output.failures:
+            _quarantine_late(inventory, batch, chunk, devices, output.failures)
+    return ChunkResult(
+        index=chunk.index,
+        unit=chunk.unit,
+        devices=devices.num_rows,
+        issued=output.ledger.num_rows,
+        refused=len(output.failures),
+        bundle_key=bundle_key,
+        params_bytes=len(params),
+    )
+
+
+def _refuse_if_registering(inventory: Inventory, batch: Batch, unit: str, what: str) -> None:
+    """Issuing again for a unit AWS registers already would give its devices a second certificate."""
+    task = inventory.registration_task(batch.run_id, unit)
+    if task and (task["task_id"] or task["status"] == STARTING):
+        registering = task["task_id"] or "(starting)"
+        raise PipelineError(
+            f"{what} belongs to unit {unit}, whose registration task {registering} exists; issuing its "
+            "credentials again would give its devices second certificates"
+        )
+
+
+def _chunk_ledger(devices: pa.Table, issued: pa.Table) -> pa.Table:
+    """The issued devices' ledger rows: identity columns from the chunk's devices, joined by manifest row."""
+    position = {row: i for i, row in enumerate(devices.column("row").to_pylist())}
+    take = pa.array([position[row] for row in issued.column("row").to_pylist()], pa.int64())
+    identity = devices.select(["row", "thing_name", "model", "serial_number"]).take(take)
+    return pa.table(
+        {
+            **{name: identity.column(name) for name in identity.column_names},
+            "certificate_id": issued.column("certificate_id"),
+            "bytes": issued.column("bytes"),
+        },
+        schema=LEDGER_SCHEMA,
+    )
+
+
+def _quarantine_late(
+    inventory: Inventory, batch: Batch, chunk: Chunk, devices: pa.Table, failures: list[tuple[int, str, str]]
+) -> None:
+    """Rows refused while issuing: quarantined (their unit set, unlike validation's), claims released."""
+    by_row = {row: i for i, row in enumerate(devices.column("row").to_pylist())}
+    names = devices.column("thing_name").to_pylist()
+    models = devices.column("model").to_pylist()
+    serials = devices.column("serial_number").to_pylist()
+    inventory.set_outcomes(
+        batch.run_id,
+        (
+            _outcome(
+                row,
+                QUARANTINED,
+                code,
+                sentence,
+                unit=chunk.unit,
+                thing_name=names[by_row[row]],
+                model=models[by_row[row]],
+                serial_number=serials[by_row[row]],
             )
-    return {
-        "index": index,
-        "devices": len(devices),
-        "bundle_key": bundle_key,
-        "groups": dict(sorted(output.counts.items())),
-    }
+            for row, code, sentence in failures
+        ),
+    )
+    inventory.release_claims(batch.run_id, [names[by_row[row]] for row, _, _ in failures])
 
 
 # -- 5. parameter files ----------------------------------------------------------------------------------
-def _run_ledger(
-    s3: Any, settings: Settings, batch: dict, ordered: list[dict]
-) -> tuple[list[dict[str, Any]], dict[str, int], dict[str, int]]:
-    """Chunk ledgers in chunk order, each entry given its 1-based line and end offset in its group's file.
+def write_parameter_files(
+    s3: Any, settings: Settings, batch: Batch, checks: Checks, results: Iterable[ChunkResult]
+) -> list[RegistrationUnit]:
+    """One parameter file per registration unit (its chunks' lines, in order); adopted units pass through.
 
-    Returns (entries, lines per group, bytes per group).
-    """
-    ledger: list[dict[str, Any]] = []
-    next_line: dict[str, int] = defaultdict(int)
-    end_offset: dict[str, int] = defaultdict(int)
-    for chunk in ordered:
-        index = int(chunk["index"])
-        data = get_bytes(s3, settings.bucket, f"{_chunk_prefix(batch, index)}ledger.jsonl")
-        for raw in data.splitlines():
-            if not raw:
-                continue
-            entry = orjson.loads(raw)
-            entry.pop("position", None)  # written by earlier versions, not part of the run ledger
-            group = entry["group"]
-            next_line[group] += 1
-            end_offset[group] += entry.pop("bytes")
-            entry["line"], entry["offset"], entry["chunk"] = next_line[group], end_offset[group], index
-            ledger.append(entry)
-    return ledger, next_line, end_offset
-
-
-def _put_ledger(s3: Any, settings: Settings, batch: dict, ledger: list[dict[str, Any]]) -> None:
-    """The run ledger, and one ledger per group so that each reconcile reads only its own entries."""
-    lines = [orjson.dumps(e) + b"\n" for e in ledger]
-    by_group: dict[str, list[bytes]] = defaultdict(list)
-    for entry, line in zip(ledger, lines, strict=True):
-        by_group[entry["group"]].append(line)
-    ndjson = "application/x-ndjson"
-    for group, group_lines in by_group.items():
-        put_bytes(s3, settings.bucket, _group_ledger_key(batch, group), b"".join(group_lines), ndjson)
-    put_bytes(s3, settings.bucket, f"{batch['run_prefix']}ledger.jsonl", b"".join(lines), ndjson)
-
-
-def _group_ledger_key(batch: dict, group: str) -> str:
-    return f"{batch['run_prefix']}ledger/{group}.jsonl"
-
-
-def write_parameter_files(s3: Any, settings: Settings, batch: dict, chunks: list[dict]) -> list[dict]:
-    """Concatenate chunk parts into one parameter file per registration group; upload its template.
-
-    Returns [{"group", "lines", "params_key", "template_key", "bucket"}], one per registration task to start.
+    Returns the units to register, in order; a unit whose every device was refused is left out.
     """
     counter: dict[str, int] = {}
-    entries: list[dict] = []
+    if checks.dry_run:
+        return []
+    issued = {result.index: result for result in results}
+    inventory = _inventory(settings)
+    units: list[RegistrationUnit] = []
     with _timed(settings, batch, "parameter_files", counter):
-        ordered = sorted(chunks, key=lambda c: int(c["index"]))
-        if not ordered:
-            return []
-        catalog = load_catalog(settings.catalog_path)
-        by_group = {p.group: p for p in catalog.products.values()}
-        ca_pem = get_bytes(s3, settings.bucket, f"{batch['run_prefix']}ca-certificate.pem").decode("ascii")
-        groups = sorted({g for c in ordered for g, n in c["groups"].items() if n})
-        ledger, lines, end_offset = _run_ledger(s3, settings, batch, ordered)
-        counter["devices"] = len(ledger)
-        for group in groups:
-            params_key = f"{batch['run_prefix']}params/{group}.jsonl"
+        for unit in checks.units:
+            if unit.adopted_from:
+                units.append(unit)
+                continue
+            lines = sum(issued[index].issued for index in unit.chunks)
+            if not lines:
+                continue
+            _refuse_if_registering(inventory, batch, unit.unit, f"the parameter file of unit {unit.unit}")
             parts = (
-                get_bytes(s3, settings.bucket, f"{_chunk_prefix(batch, int(c['index']))}params-{group}.jsonl")
-                for c in ordered
-                if c["groups"].get(group)
+                get_bytes(s3, settings.bucket, batch.files.chunk_params(index))
+                for index in unit.chunks
+                if issued[index].issued
             )
-            size = upload_stream(s3, settings.bucket, params_key, parts)
-            if size != end_offset[group]:
+            size = upload_stream(s3, settings.bucket, unit.params_key, parts)
+            expected = sum(issued[index].params_bytes for index in unit.chunks)
+            if size != expected:
                 raise ReconcileError(
-                    f"parameter file {params_key} has {size} bytes, the ledger expects {end_offset[group]}"
+                    f"parameter file {unit.params_key} has {size} bytes, its chunks {expected}"
                 )
-            template_key = f"{batch['run_prefix']}templates/{group}.json"
-            body = render_template(by_group[group], ca_pem)
-            put_bytes(s3, settings.bucket, template_key, body.encode("utf-8"), "application/json")
-            entries.append(
-                {
-                    "group": group,
-                    "lines": lines[group],
-                    "params_key": params_key,
-                    "template_key": template_key,
-                    "bucket": settings.bucket,
-                }
-            )
-        _put_ledger(s3, settings, batch, ledger)
-        _inventory(settings).record_outcomes(
-            batch["run_id"],
-            batch["batch_id"],
-            (
-                {
-                    "manifest_row": e["row"],
-                    "outcome": PENDING,
-                    "model": e["model"],
-                    "serial_number": e["serial_number"],
-                    "thing_name": e["thing_name"],
-                    "group_name": e["group"],
-                    "param_line": e["line"],
-                    "certificate_id": e["certificate_id"],
-                }
-                for e in ledger
-            ),
-        )
-    return entries
+            counter["devices"] = counter.get("devices", 0) + lines
+            units.append(unit.model_copy(update={"lines": lines}))
+    return units
 
 
-def template_body(s3: Any, settings: Settings, group: dict) -> str:
-    """The rendered template of a registration group (the templateBody of StartThingRegistrationTask)."""
-    return get_bytes(s3, group.get("bucket", settings.bucket), group["template_key"]).decode("utf-8")
-
-
-# -- 8. reconcile ----------------------------------------------------------------------------------------
-def _ledger_of_group(s3: Any, settings: Settings, batch: dict, group: str) -> dict[int, dict[str, Any]]:
-    """The group's ledger entries by parameter line (its own file; the run ledger for runs written before)."""
-    try:
-        lines = get_bytes(s3, settings.bucket, _group_ledger_key(batch, group)).splitlines()
-    except SourceError:
-        lines = get_bytes(s3, settings.bucket, f"{batch['run_prefix']}ledger.jsonl").splitlines()
-    entries = (orjson.loads(line) for line in lines if line)
-    return {e["line"]: e for e in entries if e["group"] == group}
-
-
-def _retry_manifest(s3: Any, settings: Settings, batch: dict, rows: list[int]) -> bytes:
-    """retry_csv of these rows; with none, only the header is needed, not a parse of the whole manifest."""
-    data = get_bytes(s3, settings.bucket, batch["manifest_key"])
-    if not rows:
-        return write_csv(read_header(data), [])
-    return retry_csv(read_manifest(data), rows)
-
-
+# -- 6. reconcile ----------------------------------------------------------------------------------------
 def reconcile(
     s3: Any,
     settings: Settings,
-    batch: dict,
-    group: dict,
-    registration: dict,
+    batch: Batch,
+    unit: RegistrationUnit,
+    registration: Registration,
     results_lines: Iterable[bytes | str],
     errors_lines: Iterable[bytes | str],
-) -> dict:
-    """Map report lines back to manifest rows, upsert the inventory, write the group's failed.csv.
+) -> Reconciled:
+    """The unit's RESULTS and ERRORS lines matched to its ledger; devices and row outcomes recorded at once.
 
-    registration = {"task_id", "status", "success_count", "failure_count", "message"}. A parameter line with
-    no report line is failed with reason NoReportLine. Returns {"group", "provisioned", "failed",
-    "failed_key", "task_id", "offset_mismatches"}.
+    A parameter line that neither report names is failed (NoReportLine), never lost.
     """
-    name = group["group"]
     counter: dict[str, int] = {}
-    with _timed(settings, batch, f"reconcile[{name}]", counter):
-        ledger = _ledger_of_group(s3, settings, batch, name)
+    files = batch.files_of(unit.run_id)
+    with _timed(settings, batch, f"reconcile[{unit.unit}]", counter):
+        ledger = UnitLedger.of(get_table(s3, unit.bucket, files.chunk_ledger(index)) for index in unit.chunks)
         counter["devices"] = len(ledger)
-        task_id = registration.get("task_id")
-        outcomes: dict[int, dict[str, Any]] = {}
-        device_rows: list[dict[str, Any]] = []
-        mismatches = 0
-        now = dt.datetime.now(dt.UTC)
-
-        def device_record(entry: dict, **fields: Any) -> dict[str, Any]:
-            record = {
-                "thing_name": entry["thing_name"],
-                "model": entry["model"],
-                "serial_number": entry["serial_number"],
-                "status": "failed",
-                "thing_arn": None,
-                "certificate_id": None,
-                "certificate_arn": None,
-                "batch_id": batch["batch_id"],
-                "run_id": batch["run_id"],
-                "manifest_row": entry["row"],
-                "registration_task_id": task_id,
-                "error_code": None,
-                "error_message": None,
-                "provisioned_at": None,
-            }
-            record.update(fields)
-            return record
-
-        for kind, source in (("results", results_lines), ("errors", errors_lines)):
-            for raw in source:
-                if not raw or not raw.strip():
-                    continue
-                report = parse_report_line(raw)
-                entry = ledger.get(report.line_number)
-                if entry is None:
-                    raise ReconcileError(
-                        f"{kind} report of task {task_id} names lineNumber {report.line_number}, but "
-                        f"parameter file {group['params_key']} has lines 1-{len(ledger)}"
-                    )
-                if entry["line"] in outcomes:
-                    continue  # a line reported twice keeps its first outcome
-                if report.offset is not None and report.offset != entry["offset"]:
-                    mismatches += 1
-                if report.succeeded and kind == "results":
-                    certificate_id = report.certificate_id or entry["certificate_id"]
-                    outcomes[entry["line"]] = {
-                        "manifest_row": entry["row"],
-                        "outcome": "provisioned",
-                        "certificate_id": certificate_id,
-                    }
-                    device_rows.append(
-                        device_record(
-                            entry,
-                            status="provisioned",
-                            thing_arn=report.thing_arn,
-                            certificate_id=certificate_id,
-                            certificate_arn=report.certificate_arn,
-                            provisioned_at=now,
-                        )
-                    )
-                else:
-                    code = report.error_code or "UnknownError"
-                    message = report.error_message or "the report line carries no error message"
-                    outcomes[entry["line"]] = {
-                        "manifest_row": entry["row"],
-                        "outcome": "failed",
-                        "reason_code": code,
-                        "reason": message,
-                        "certificate_id": entry["certificate_id"],
-                    }
-                    device_rows.append(device_record(entry, error_code=code, error_message=message))
-        status = registration.get("status", "unknown")
-        for line, entry in ledger.items():
-            if line not in outcomes:
-                message = (
-                    f"registration task {task_id} ended {status} without reporting parameter line {line}"
-                    + (f": {registration['message']}" if registration.get("message") else "")
-                )
-                outcomes[line] = {
-                    "manifest_row": entry["row"],
-                    "outcome": "failed",
-                    "reason_code": NO_REPORT_LINE,
-                    "reason": message,
-                    "certificate_id": entry["certificate_id"],
-                }
-                device_rows.append(device_record(entry, error_code=NO_REPORT_LINE, error_message=message))
-        inventory = _inventory(settings)
-        inventory.upsert_devices(device_rows)
-        inventory.update_outcomes(batch["run_id"], list(outcomes.values()))
-        if task_id:
-            inventory.record_registration_status(batch["batch_id"], batch["run_id"], name, registration)
-        failed_rows = sorted(o["manifest_row"] for o in outcomes.values() if o["outcome"] == "failed")
-        failed_key = f"{batch['run_prefix']}failed/{name}.csv"
-        put_bytes(
-            s3, settings.bucket, failed_key, _retry_manifest(s3, settings, batch, failed_rows), "text/csv"
+        matched = match_reports(
+            ledger,
+            results_lines,
+            errors_lines,
+            task_id=registration.task_id,
+            status=registration.status,
+            message=registration.message,
+            params_key=unit.params_key,
         )
-    provisioned = sum(1 for o in outcomes.values() if o["outcome"] == "provisioned")
+        inventory = _inventory(settings)
+        inventory.record_devices(
+            batch.run_id,
+            batch.batch_id,
+            zip(
+                ledger.thing_names,
+                ledger.models,
+                ledger.serials,
+                matched.outcomes,
+                matched.thing_arns,
+                matched.certificate_ids,
+                matched.certificate_arns,
+                ledger.rows,
+                [registration.task_id] * len(ledger),
+                matched.codes,
+                matched.reasons,
+                strict=True,
+            ),
+        )
+        inventory.settle_outcomes(
+            batch.batch_id,
+            (
+                (row, outcome, code, reason, None, None, None, unit.unit, line, certificate)
+                for line, (row, outcome, code, reason, certificate) in enumerate(
+                    zip(
+                        ledger.rows,
+                        matched.outcomes,
+                        matched.codes,
+                        matched.reasons,
+                        matched.certificate_ids,
+                        strict=True,
+                    ),
+                    start=1,
+                )
+            ),
+        )
+        inventory.record_registration_status(batch.run_id, unit.unit, registration.model_dump())
+    return Reconciled(
+        unit=unit.unit,
+        task_id=registration.task_id,
+        provisioned=matched.counts[PROVISIONED],
+        failed=matched.counts[FAILED],
+        offset_mismatches=matched.offset_mismatches,
+    )
+
+
+# -- 7. summary ------------------------------------------------------------------------------------------
+def _counts(inventory: Inventory, run_id: str, dry_run: bool) -> dict[str, Any]:
+    """The run's rows by outcome and reason, and whether they add up to the manifest's data rows."""
+    run = inventory.run(run_id) or {}
+    counts = inventory.outcome_counts(run_id)
+    rows = int(run.get("rows") or 0)
+    pending = counts.get(PENDING, 0)
+    total = sum(counts.get(o, 0) for o in OUTCOMES)
     return {
-        "group": name,
-        "task_id": task_id,
-        "provisioned": provisioned,
-        "failed": len(failed_rows),
-        "failed_key": failed_key,
-        "offset_mismatches": mismatches,
+        "rows": rows,
+        **{outcome: counts.get(outcome, 0) for outcome in OUTCOMES},
+        "planned": pending if dry_run else 0,
+        "pending": 0 if dry_run else pending,
+        "accounted": (total + pending == rows) if dry_run else (total == rows and pending == 0),
+        "reasons": inventory.reason_counts(run_id, QUARANTINED),
+        "skip_reasons": inventory.reason_counts(run_id, SKIPPED),
+        "errors": inventory.reason_counts(run_id, FAILED),
     }
 
 
-# -- 9. summary ------------------------------------------------------------------------------------------
-def summarize(s3: Any, settings: Settings, batch: dict) -> dict:
-    """Count outcomes for the run (asserting nothing is lost), write summary.json, report.md and failed.csv.
+def run_summary(settings: Settings, run_id: str) -> dict[str, Any] | None:
+    """What the inventory knows of a run that stopped early: counts so far and why it stopped."""
+    inventory = _inventory(settings)
+    run = inventory.run(run_id)
+    if run is None:
+        return None
+    if run.get("summary"):
+        return dict(run["summary"])
+    return {
+        "batch_id": run.get("batch_id") or None,
+        "run_id": run_id,
+        "source": run.get("source"),
+        "dry_run": bool(run.get("dry_run")),
+        **_counts(inventory, run_id, bool(run.get("dry_run"))),
+        "state": run.get("state"),
+        "error": run.get("error"),
+    }
 
-    Returns {"batch_id", "run_id", "rows", "provisioned", "failed", "quarantined", "skipped", "planned",
-    "reasons", "errors", "registration_tasks", "durations", "files", "dry_run", "accounted"}; raises
-    AccountingError (after writing the files) when the outcomes do not add up to the manifest's data rows.
+
+def summarize(s3: Any, settings: Settings, batch: Batch) -> dict[str, Any]:
+    """Count every row's outcome (asserting nothing is lost); failed.csv, summary.json and report.md.
+
+    Raises AccountingError (after writing the files) when the outcomes do not add up to the data rows.
     """
     inventory = _inventory(settings)
-    run_id = batch["run_id"]
-    run = inventory.run(run_id) or {}
-    counts = inventory.outcome_counts(run_id)
-    dry_run = bool(batch.get("dry_run"))
-    rows = int(run.get("rows") or 0)
-    pending = counts.get(PENDING, 0)
-    outcome_total = sum(counts.get(o, 0) for o in ("provisioned", "failed", "quarantined", "skipped"))
-    accounted = outcome_total + (pending if dry_run else 0) == rows and (dry_run or pending == 0)
-    prefix = batch["run_prefix"]
-    failed_rows = [o["manifest_row"] for o in inventory.outcomes(run_id, "failed")]
-    table = read_manifest(get_bytes(s3, settings.bucket, batch["manifest_key"]))
-    failed_key = f"{prefix}failed.csv"
-    put_bytes(s3, settings.bucket, failed_key, retry_csv(table, failed_rows), "text/csv")
-    tasks = []
-    for group in inventory.groups(run_id):
-        task = inventory.registration_task(batch["batch_id"], run_id, group)
-        if task:
-            tasks.append(
-                {
-                    "group": group,
-                    "task_id": task["task_id"],
-                    "status": task["status"],
-                    "success_count": task["success_count"],
-                    "failure_count": task["failure_count"],
-                }
-            )
+    files = batch.files
+    run = inventory.run(batch.run_id) or {}
+    counts = _counts(inventory, batch.run_id, batch.dry_run)
+    if not batch.dry_run:
+        _write_row_files(s3, settings, inventory, batch)
+    tasks = [
+        {
+            "unit": task["unit"],
+            "group": task["group_name"],
+            "task_id": task["task_id"],
+            "status": task["status"],
+            "success_count": task["success_count"],
+            "failure_count": task["failure_count"],
+            "adopted_from": task["spec"].get("adopted_from"),
+        }
+        for task in inventory.registration_tasks(batch.run_id)
+    ]
     started = run.get("started_at")
     total_seconds = (dt.datetime.now(dt.UTC) - started).total_seconds() if started else 0.0
-    bundles = sorted(
-        obj["Key"]
-        for page in s3.get_paginator("list_objects_v2").paginate(
-            Bucket=settings.bucket, Prefix=f"{prefix}bundles/"
-        )
-        for obj in page.get("Contents", [])
-    )
-    summary_key, report_key = f"{prefix}summary.json", f"{prefix}report.md"
-    summary = {
-        "batch_id": batch["batch_id"],
-        "run_id": run_id,
-        "source": batch.get("source", run.get("source")),
-        "dry_run": dry_run,
-        "rows": rows,
-        "provisioned": counts.get("provisioned", 0),
-        "failed": counts.get("failed", 0),
-        "quarantined": counts.get("quarantined", 0),
-        "skipped": counts.get("skipped", 0),
-        "planned": pending if dry_run else 0,
-        "accounted": accounted,
-        "reasons": inventory.reason_counts(run_id, "quarantined"),
-        "errors": inventory.reason_counts(run_id, "failed"),
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=files.bundles_prefix)
+    bundles = sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
+    summary: dict[str, Any] = {
+        "batch_id": batch.batch_id,
+        "run_id": batch.run_id,
+        "source": batch.source,
+        "dry_run": batch.dry_run,
+        **counts,
         "registration_tasks": tasks,
-        "durations": {"total_seconds": round(total_seconds, 3), "stages": inventory.stage_timings(run_id)},
+        "durations": {
+            "total_seconds": round(total_seconds, 3),
+            "stages": inventory.stage_timings(batch.run_id),
+        },
         "files": {
             "bucket": settings.bucket,
-            "manifest": batch["manifest_key"],
-            "quarantine": f"{prefix}quarantine.csv",
-            "preflight": f"{prefix}preflight.json",
-            "ledger": f"{prefix}ledger.jsonl",
-            "failed": failed_key,
-            "summary": summary_key,
-            "report": report_key,
+            "manifest": files.manifest,
+            "accepted": files.accepted,
+            "quarantine": files.quarantine,
+            "preflight": files.preflight,
+            **({} if batch.dry_run else {"failed": files.failed}),
+            "summary": files.summary,
+            "report": files.report,
             "bundles": bundles,
         },
     }
-    put_bytes(s3, settings.bucket, summary_key, json.dumps(summary, indent=2).encode(), "application/json")
-    put_bytes(s3, settings.bucket, report_key, render_report(summary).encode("utf-8"), "text/markdown")
-    inventory.finish_run(run_id, summary)
-    if not accounted:
+    put_bytes(s3, settings.bucket, files.summary, json.dumps(summary, indent=2).encode(), "application/json")
+    put_bytes(s3, settings.bucket, files.report, render_report(summary).encode("utf-8"), "text/markdown")
+    inventory.update_run(
+        batch.run_id, state=RUN_FINISHED, finished_at=dt.datetime.now(dt.UTC), summary=summary
+    )
+    if not counts["accounted"]:
         raise AccountingError(
-            f"run {run_id}: outcomes {counts} do not add up to the manifest's {rows} data rows"
-            + (f" ({pending} rows still pending)" if pending and not dry_run else "")
+            f"run {batch.run_id}: outcomes do not add up to the manifest's {counts['rows']} data rows "
+            f"({ {o: counts[o] for o in (*OUTCOMES, 'pending')} })"
         )
     return summary
 
 
-# -- registration task bookkeeping (6. register / 7. poll) -----------------------------------------------
-def registration_task_for(settings: Settings, batch: dict, group: str) -> str | None:
-    """The registration task id already started for this run and group, if any."""
-    task = _inventory(settings).registration_task(batch["batch_id"], batch["run_id"], group)
-    return task["task_id"] if task else None
+def _write_row_files(s3: Any, settings: Settings, inventory: Inventory, batch: Batch) -> None:
+    """failed.csv always; quarantine.csv again when rows were refused after validation (while issuing).
 
-
-def record_registration_task(settings: Settings, batch: dict, group: str, task_id: str) -> None:
-    """Remember the registration task started for this run and group (resume instead of starting again)."""
-    _inventory(settings).record_registration_task(batch["batch_id"], batch["run_id"], group, task_id)
-
-
-def record_registration_status(settings: Settings, batch: dict, group: str, registration: dict) -> None:
-    """Store the final status of a registration task ({"task_id", "status", "success_count", ...})."""
-    _inventory(settings).record_registration_status(batch["batch_id"], batch["run_id"], group, registration)
+    The manifest is parsed here only when some row needs its original cells.
+    """
+    failed = inventory.outcome_rows(batch.run_id, FAILED)
+    late = [o for o in inventory.outcomes(batch.run_id, QUARANTINED) if o["unit"]]
+    data = get_bytes(s3, settings.bucket, batch.files.manifest)
+    if not failed and not late:
+        put_bytes(s3, settings.bucket, batch.files.failed, write_csv(read_header(data), []), "text/csv")
+        return
+    table = read_manifest(data)
+    put_bytes(s3, settings.bucket, batch.files.failed, retry_csv(table, failed), "text/csv")
+    if late:
+        quarantined = [
+            (o["manifest_row"], o["reason_code"], o["reason"])
+            for o in inventory.outcomes(batch.run_id, QUARANTINED)
+        ]
+        put_bytes(s3, settings.bucket, batch.files.quarantine, quarantine_csv(table, quarantined), "text/csv")

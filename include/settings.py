@@ -23,6 +23,21 @@ def _default_recipient() -> str:
     return str(state_dir() / "factory-line" / "recipient.pub.pem")
 
 
+# Settings field -> environment variable.
+ENV_NAMES = {
+    "bucket": "PIPELINE_BUCKET",
+    "inbox_prefix": "PIPELINE_INBOX_PREFIX",
+    "work_prefix": "PIPELINE_WORK_PREFIX",
+    "catalog_path": "PIPELINE_CATALOG",
+    "inventory_url": "PIPELINE_INVENTORY_URL",
+    "registration_role_arn": "PIPELINE_REGISTRATION_ROLE_ARN",
+    "chunk_size": "PIPELINE_CHUNK_SIZE",
+    "registration_task_lines": "PIPELINE_REGISTRATION_TASK_LINES",
+    "workers": "PIPELINE_WORKERS",
+    "bundle_recipient_public_key": "PIPELINE_BUNDLE_RECIPIENT",
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the domain functions need besides the AWS clients and the CA key."""
@@ -34,23 +49,15 @@ class Settings:
     inventory_url: str = field(default_factory=_default_inventory_url)
     registration_role_arn: str = "arn:aws:iam::123456789012:role/FactoryBulkRegistration"
     chunk_size: int = 5000
+    # Lines per StartThingRegistrationTask: larger groups become several tasks, one after another.
+    registration_task_lines: int = 100_000
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     bundle_recipient_public_key: str = field(default_factory=_default_recipient)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
         """Build settings from PIPELINE_* variables; unset ones keep their defaults (STATE_DIR honoured)."""
-        names = {
-            "bucket": "PIPELINE_BUCKET",
-            "inbox_prefix": "PIPELINE_INBOX_PREFIX",
-            "work_prefix": "PIPELINE_WORK_PREFIX",
-            "catalog_path": "PIPELINE_CATALOG",
-            "inventory_url": "PIPELINE_INVENTORY_URL",
-            "registration_role_arn": "PIPELINE_REGISTRATION_ROLE_ARN",
-            "chunk_size": "PIPELINE_CHUNK_SIZE",
-            "workers": "PIPELINE_WORKERS",
-            "bundle_recipient_public_key": "PIPELINE_BUNDLE_RECIPIENT",
-        }
+        names = ENV_NAMES
         local = state_dir(environ)
         values: dict[str, object] = {
             "inventory_url": f"sqlite:///{local / 'inventory.db'}",
@@ -75,3 +82,20 @@ class Settings:
             value = str(values.get(prefix, getattr(cls, prefix)))
             values[prefix] = value if value.endswith("/") else value + "/"
         return cls(**values)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_sources(
+        cls, overrides: Mapping[str, object], environ: Mapping[str, str] = os.environ
+    ) -> Settings:
+        """Settings from ``overrides`` (field name -> value, e.g. an Airflow Variable), then PIPELINE_* variables.
+
+        Values go through the same parsing and checks as the environment's; unknown names are an error.
+        """
+        unknown = sorted(set(overrides) - set(ENV_NAMES))
+        if unknown:
+            raise ValueError(f"unknown pipeline settings {unknown}; known: {sorted(ENV_NAMES)}")
+        merged = dict(environ)
+        for name, value in overrides.items():
+            if value is not None and value != "":
+                merged[ENV_NAMES[name]] = str(value)
+        return cls.from_env(merged)

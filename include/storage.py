@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from include.aws_errors import error_code, is_not_found
 from include.errors import SourceError
 
 S3_URI = re.compile(r"^s3://(?P<bucket>[^/]+)/(?P<key>.+)$")
-# StartThingRegistrationTask.inputFileKey pattern: keep run keys inside it.
-SAFE_KEY_CHARS = re.compile(r"[^a-zA-Z0-9!_.*'()-]")
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -22,13 +24,8 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return match["bucket"], match["key"]
 
 
-def safe_key_part(text: str) -> str:
-    """A run id as an S3 key segment that IoT's inputFileKey pattern accepts (':' and '+' become '_')."""
-    return SAFE_KEY_CHARS.sub("_", text)[:200] or "run"
-
-
 def _error_code(exc: Exception) -> str:
-    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__))
+    return error_code(exc) or type(exc).__name__
 
 
 def read_source(s3: Any, source: str, what: str = "manifest") -> bytes:
@@ -57,21 +54,10 @@ def object_exists(s3: Any, bucket: str, key: str) -> bool:
     try:
         s3.head_object(Bucket=bucket, Key=key)
     except Exception as exc:
-        if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+        if is_not_found(exc):
             return False
         raise
     return True
-
-
-def iter_lines(s3: Any, bucket: str, key: str) -> Iterator[bytes]:
-    """Stream an object's lines (newline stripped) without loading it whole."""
-    try:
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
-    except Exception as exc:
-        raise SourceError(f"cannot read s3://{bucket}/{key}: {_error_code(exc)}") from None
-    for line in body.iter_lines():
-        if line:
-            yield line
 
 
 def put_bytes(
@@ -92,6 +78,17 @@ def upload_stream(s3: Any, bucket: str, key: str, parts: Iterable[bytes]) -> int
         handle.seek(0)
         s3.upload_fileobj(handle, bucket, key)
     return size
+
+
+def put_table(s3: Any, bucket: str, key: str, table: pa.Table) -> str:
+    """A table as Parquet (zstd): the columnar form rows travel in between stages."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return put_bytes(s3, bucket, key, sink.getvalue().to_pybytes(), "application/vnd.apache.parquet")
+
+
+def get_table(s3: Any, bucket: str, key: str, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(pa.BufferReader(get_bytes(s3, bucket, key)), columns=columns)
 
 
 def read_text_setting(s3: Any, value: str, what: str) -> str:

@@ -1,14 +1,18 @@
-"""Command line: ``python -m iot_emulator --host 127.0.0.1 --port PORT [--state-dir DIR] [fault flags]``."""
+"""Command line: ``python -m iot_emulator --host 127.0.0.1 --port PORT [--state-dir DIR] [--mqtt-port P]``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from typing import Any
 
+from iot_emulator.admin import ADMIN_TOKEN_ENV, ADMIN_TOKEN_HEADER
 from iot_emulator.faults import Faults
+from iot_emulator.provisioning_hooks import parse_hook_option
+from iot_emulator.state import DEFAULT_REGION
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -22,7 +26,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--public-url", help="base URL put in presigned links (default: the URL each caller used)"
     )
+    parser.add_argument(
+        "--admin-token",
+        default=os.environ.get(ADMIN_TOKEN_ENV) or None,
+        help=f"let non-loopback clients sending it in {ADMIN_TOKEN_HEADER} use the admin routes "
+        f"(default ${ADMIN_TOKEN_ENV}; without one, only loopback clients may)",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request")
+    mqtt = parser.add_argument_group("device endpoint (MQTT over mutual TLS)")
+    mqtt.add_argument(
+        "--mqtt-port", type=int, help="serve the MQTT device endpoint on this port too (0: any free port)"
+    )
+    mqtt.add_argument(
+        "--mqtt-endpoint-host",
+        default="localhost",
+        help="host name DescribeEndpoint answers and the server certificate names (default localhost)",
+    )
+    mqtt.add_argument(
+        "--mqtt-region",
+        default=DEFAULT_REGION,
+        help=f"region the device endpoint serves (default {DEFAULT_REGION})",
+    )
+    mqtt.add_argument(
+        "--provisioning-hook",
+        action="append",
+        default=[],
+        metavar="ARN=TARGET",
+        help="what a template's preProvisioningHook targetArn calls: a http(s) URL (the hook input is POSTed "
+        "as JSON, the response is the output), allow or deny; ARN * for any other (repeatable)",
+    )
     faults = parser.add_argument_group("faults")
     faults.add_argument("--throttle-rate", type=float, default=0.0, help="fraction of IoT requests throttled")
     faults.add_argument("--error-rate", type=float, default=0.0, help="fraction of IoT requests answered 5xx")
@@ -63,10 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         faults = faults_from_args(args)
+        hooks = dict(parse_hook_option(option) for option in args.provisioning_hook)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from iot_emulator.persistence import StateDirInUse
+    from iot_emulator.persistence import StateDirError
     from iot_emulator.server import EmulatorServer
 
     try:
@@ -77,8 +110,13 @@ def main(argv: list[str] | None = None) -> int:
             faults=faults,
             public_url=args.public_url,
             verbose=args.verbose,
+            admin_token=args.admin_token,
+            mqtt_port=args.mqtt_port,
+            mqtt_region=args.mqtt_region,
+            mqtt_endpoint_host=args.mqtt_endpoint_host,
+            provisioning_hooks=hooks,
         )
-    except StateDirInUse as exc:
+    except StateDirError as exc:  # in use by another emulator, or saved by a newer one
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -87,7 +125,16 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    logging.getLogger("iot_emulator").info("IoT emulator listening on %s", server.endpoint_url)
+    logger = logging.getLogger("iot_emulator")
+    logger.info("IoT emulator listening on %s", server.endpoint_url)
+    if server.mqtt_port is not None:
+        logger.info(
+            "MQTT device endpoint (mutual TLS, %s) on %s:%d; root CA %s",
+            args.mqtt_region,
+            args.mqtt_endpoint_host,
+            server.mqtt_port,
+            server.mqtt_root_ca,
+        )
     server.serve_forever()
     return 0
 

@@ -22,12 +22,13 @@ def _error_statuses() -> dict[str, int]:
 class IotError(Exception):
     """An error AWS IoT would return: its modeled code, HTTP status, message and extra members."""
 
-    def __init__(self, code: str, message: str, **fields: Any) -> None:
+    def __init__(self, code: str, message: str, *, status: int | None = None, **fields: Any) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.fields = {k: v for k, v in fields.items() if v is not None}
-        self.status = _error_statuses().get(code, 400)
+        # Only errors the IoT model does not define (413, 501, admin 403...) pass their status explicitly.
+        self.status = status if status is not None else _error_statuses().get(code, 400)
 
     def body(self) -> dict[str, Any]:
         return {"message": self.message, **self.fields}
@@ -61,3 +62,11 @@ def conflict(message: str) -> IotError:
 
 def throttled(message: str = "Rate exceeded") -> IotError:
     return IotError("ThrottlingException", message)
+
+
+def registration_failure(reason: str) -> IotError:
+    """The error AWS raises when a resource of a template cannot be registered (aws-iot-facts.md 1.7)."""
+    return IotError(
+        "ResourceRegistrationFailureException",
+        f"Register thing workflow execution terminates due to: {reason}",
+    )

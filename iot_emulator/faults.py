@@ -28,7 +28,7 @@ SETTINGS = (
 
 @dataclass
 class Faults:
-    """Fault settings shared by every region's backend (``backend._rt_faults``).
+    """Fault settings shared by every region's service (``service.faults``) and its bulk runner.
 
     throttle_rate / error_rate: fraction of IoT requests answered ThrottlingException (400) or a transient
     5xx (``error_status`` 500 InternalFailureException or 503 ServiceUnavailableException).

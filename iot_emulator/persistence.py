@@ -1,13 +1,13 @@
-"""Durable state under --state-dir: IoT backends pickled atomically, moto's S3 objects and SQS queues."""
+"""Durable state under --state-dir: one lock per dir, atomic writes, IoT state as versioned JSON, saving.
+
+moto's S3 and SQS are mirrored by ``moto_state``; this module owns the IoT files and the shared plumbing.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
-import pickle  # noqa: S403 - our own state files, written by this process
 import shutil
 import tempfile
 import threading
@@ -15,6 +15,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import orjson
+
+from iot_emulator.state import IotState, StateTooNew
 
 try:
     import fcntl
@@ -26,6 +30,7 @@ log = logging.getLogger(__name__)
 IOT_DIR = "iot"
 S3_DIR = "s3"
 SQS_FILE = "sqs.json"
+MQTT_DIR = "mqtt"  # the MQTT endpoint's root CA (kept by a reset: devices keep trusting it)
 LOCK_FILE = ".lock"
 DEBOUNCE_SECONDS = 0.5
 
@@ -33,7 +38,11 @@ DEBOUNCE_SECONDS = 0.5
 # ---------------------------------------------------------------- one emulator per state dir
 
 
-class StateDirInUse(RuntimeError):
+class StateDirError(RuntimeError):
+    """The state dir cannot be used; the command line prints the message and exits 2."""
+
+
+class StateDirInUse(StateDirError):
     """Another emulator holds the state dir's lock: two would overwrite each other's snapshots."""
 
     def __init__(self, state_dir: Path, pid: int | None) -> None:
@@ -110,138 +119,49 @@ def atomic_write(path: Path, data: bytes) -> None:
 # ---------------------------------------------------------------- IoT
 
 
-def save_iot_backend(state_dir: Path, backend: Any) -> None:
-    """Pickle one IotBackend (its ``_rt_`` attributes are left out by ``__getstate__``)."""
-    with backend._rt_lock:
-        data = pickle.dumps(backend, protocol=pickle.HIGHEST_PROTOCOL)
-    atomic_write(state_dir / IOT_DIR / f"{backend.account_id}-{backend.region}.pickle", data)
+class StateFileTooNew(StateDirError):
+    """A state file saved by a newer emulator: refuse to start rather than save over it."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"state file {path}: {reason}")
 
 
-def load_iot_backends(state_dir: Path) -> list[Any]:
-    backends = []
-    for path in sorted((state_dir / IOT_DIR).glob("*.pickle")):
+def iot_state_path(state_dir: Path, account_id: str, region: str) -> Path:
+    return state_dir / IOT_DIR / f"{account_id}-{region}.json"
+
+
+def save_iot_state(state_dir: Path, state: IotState, lock: Any) -> None:
+    """Write one region's state; ``lock`` is its service's, so no operation runs while it is serialised."""
+    with lock:
+        data = orjson.dumps(state.to_document())
+    atomic_write(iot_state_path(state_dir, state.account_id, state.region), data)
+
+
+def load_iot_states(state_dir: Path) -> list[IotState]:
+    """Every region's saved state, upgraded to the current version; unreadable files are set aside."""
+    directory = state_dir / IOT_DIR
+    legacy = sorted(p.name for p in directory.glob("*.pickle"))
+    if legacy:
+        log.warning(
+            "ignoring IoT state pickled by an older emulator in %s (%s): state is saved as JSON now, and "
+            "a pickle is never loaded since unpickling runs code from the file; those regions start empty",
+            directory,
+            ", ".join(legacy),
+        )
+    states = []
+    for path in sorted(directory.glob("*.json")):
         try:
-            backends.append(pickle.loads(path.read_bytes()))  # noqa: S301 - written by us
-        except Exception:
-            log.exception("could not load IoT state %s; starting that region empty", path)
-    return backends
-
-
-# ---------------------------------------------------------------- S3 (moto)
-
-
-def _object_file(bucket: str, key: str) -> str:
-    return hashlib.sha256(f"{bucket}/{key}".encode()).hexdigest()
-
-
-class S3Snapshot:
-    """Mirrors moto's S3 buckets and objects to files; writes only the objects that changed."""
-
-    def __init__(self, state_dir: Path, account_id: str) -> None:
-        self.root = state_dir / S3_DIR
-        self.account_id = account_id
-        self._saved_etags: dict[str, str] = {}  # file name -> etag last written
-
-    def _backend(self) -> Any:
-        from moto.s3.models import s3_backends
-
-        return s3_backends[self.account_id]["aws"]
-
-    def save(self) -> None:
-        objects_dir = self.root / "objects"
-        objects_dir.mkdir(parents=True, exist_ok=True)
-        index: dict[str, Any] = {}
-        wanted: set[str] = set()
-        for name, bucket in list(self._backend().buckets.items()):
-            entry: dict[str, Any] = {"region": bucket.region_name, "objects": {}}
-            notification = getattr(bucket, "notification_configuration", None)
-            if notification is not None:
-                try:
-                    entry["notification"] = pickle.dumps(notification).hex()
-                except Exception:
-                    log.warning("bucket %s: notification configuration not persisted", name)
-            for key_name, key in list(bucket.keys.items()):
-                file_name = _object_file(name, key_name)
-                wanted.add(file_name)
-                if self._saved_etags.get(file_name) != key.etag:
-                    atomic_write(objects_dir / file_name, bytes(key.value))
-                    self._saved_etags[file_name] = key.etag
-                entry["objects"][key_name] = {"file": file_name, "metadata": dict(key.metadata)}
-            index[name] = entry
-        atomic_write(self.root / "index.json", json.dumps(index).encode())
-        for stale in set(self._saved_etags) - wanted:
-            (objects_dir / stale).unlink(missing_ok=True)
-            del self._saved_etags[stale]
-
-    def load(self) -> None:
-        index_path = self.root / "index.json"
-        if not index_path.exists():
-            return
-        backend = self._backend()
-        index = json.loads(index_path.read_bytes())
-        for name, entry in index.items():
-            if name not in backend.buckets:
-                backend.create_bucket(name, entry["region"])
-            bucket = backend.buckets[name]
-            if "notification" in entry:
-                try:
-                    bucket.notification_configuration = pickle.loads(bytes.fromhex(entry["notification"]))  # noqa: S301
-                except Exception:
-                    log.warning("bucket %s: notification configuration not restored", name)
-            for key_name, obj in entry["objects"].items():
-                path = self.root / "objects" / obj["file"]
-                if not path.exists():
-                    continue
-                key = backend.put_object(name, key_name, path.read_bytes(), disable_notification=True)
-                if obj.get("metadata"):
-                    key.set_metadata(obj["metadata"])
-                self._saved_etags[obj["file"]] = key.etag
-
-
-# ---------------------------------------------------------------- SQS (moto)
-
-
-def save_sqs(state_dir: Path, account_id: str) -> None:
-    from moto.sqs.models import sqs_backends
-
-    queues = []
-    for region, backend in list(sqs_backends.get(account_id, {}).items()):
-        for name, queue in list(backend.queues.items()):
-            attributes = {
-                k: json.dumps(v) if isinstance(v, dict) else str(v)
-                for k, v in queue.attributes.items()
-                if k in _SETTABLE_QUEUE_ATTRIBUTES and v not in (None, "", {})
-            }
-            messages = [m.body for m in list(queue._messages)]
-            queues.append({"region": region, "name": name, "attributes": attributes, "messages": messages})
-    atomic_write(state_dir / SQS_FILE, json.dumps(queues).encode())
-
-
-def load_sqs(state_dir: Path, account_id: str) -> None:
-    from moto.sqs.models import sqs_backends
-
-    path = state_dir / SQS_FILE
-    if not path.exists():
-        return
-    for queue in json.loads(path.read_bytes()):
-        backend = sqs_backends[account_id][queue["region"]]
-        if queue["name"] not in backend.queues:
-            backend.create_queue(queue["name"], **queue["attributes"])
-        for body in queue["messages"]:
-            backend.send_message(queue["name"], body)
-
-
-_SETTABLE_QUEUE_ATTRIBUTES = {
-    "DelaySeconds",
-    "MaximumMessageSize",
-    "MessageRetentionPeriod",
-    "ReceiveMessageWaitTimeSeconds",
-    "VisibilityTimeout",
-    "RedrivePolicy",
-    "FifoQueue",
-    "ContentBasedDeduplication",
-    "Policy",
-}
+            states.append(IotState.from_document(orjson.loads(path.read_bytes())))
+        except StateTooNew as exc:
+            raise StateFileTooNew(path, str(exc)) from None
+        # orjson's errors and StateFormatError are ValueErrors; a record of the wrong shape, a TypeError
+        except (OSError, ValueError, TypeError) as exc:
+            aside = path.with_name(path.name + ".unreadable")
+            path.replace(aside)  # the next save must not overwrite what could still be recovered by hand
+            log.error(
+                "could not load IoT state %s (%s); moved it to %s, that region starts empty", path, exc, aside
+            )
+    return states
 
 
 # ---------------------------------------------------------------- debounced saving
@@ -287,7 +207,7 @@ class DebouncedSaver:
             self.save_now()
             took = time.monotonic() - started
             # Requests arriving meanwhile only set the flag again: at most one save per interval, and
-            # saving (which holds each backend's lock) never takes more than a fifth of the time.
+            # saving (which holds each region's lock) never takes more than a fifth of the time.
             self._stopping.wait(max(self._interval - took, 4 * took))
 
 

@@ -8,33 +8,28 @@ import secrets
 from typing import Any
 
 from iot_emulator.errors import IotError, already_exists, invalid_request, limit_exceeded, not_found
-from iot_emulator.registry import paginate
-from iot_emulator.template_engine import compile_template, provision
+from iot_emulator.paging import paginate
+from iot_emulator.service_base import ServiceBase
+from iot_emulator.template_language import compile_template
+from iot_emulator.template_provisioning import provision
+from iot_emulator.x509_util import stand_in_claim_ca
 
 MAX_TEMPLATES = 256  # "Maximum number of fleet provisioning templates per customer" (aws-iot-facts.md 3.1)
 MAX_VERSIONS = 5  # versions per template, the commonly cited value of quota L-71FA7EC4
 CLAIM_LIFETIME = 300  # claim certificates expire after 5 minutes (aws-iot-facts.md 3.2)
 TEMPLATE_TYPES = ("FLEET_PROVISIONING", "JITP")
-# Issuer of real claim certificates (decoded from the CLI example, aws-iot-facts.md 3.2).
-CLAIM_ISSUER = (
-    ("C", "US"),
-    ("ST", "Washington"),
-    ("L", "Seattle"),
-    ("O", "Amazon.com Inc."),
-    ("OU", "Amazon IoT Provisioning"),
-    ("serialNumber", "1.0"),
-)
 
 
-class ProvisioningMixin:
-    def _init_provisioning(self) -> None:
-        self._provisioning_templates: dict[str, dict[str, Any]] = {}
-        self._provisioning_claims: dict[str, dict[str, Any]] = {}
+class ProvisioningMixin(ServiceBase):
+    """Fleet provisioning templates and their versions, claim certificates, RegisterThing.
+
+    Versions are kept by their id as a string (JSON object keys are strings), in creation order.
+    """
 
     # ------------------------------------------------------------------ templates
 
     def _template_record(self, template_name: str) -> dict[str, Any]:
-        record = self._provisioning_templates.get(template_name)
+        record = self.state.provisioning_templates.get(template_name)
         if record is None:
             raise not_found(f"The provisioning template {template_name} does not exist.")
         return record
@@ -59,20 +54,20 @@ class ProvisioningMixin:
         template_type = type or "FLEET_PROVISIONING"
         if template_type not in TEMPLATE_TYPES:
             raise invalid_request(f"type must be one of {', '.join(TEMPLATE_TYPES)}")
-        if templateName in self._provisioning_templates:
+        if templateName in self.state.provisioning_templates:
             raise already_exists(
                 f"The provisioning template {templateName} already exists.",
                 resource_id=templateName,
                 resource_arn=self.arn(f"provisioningtemplate/{templateName}"),
             )
-        if len(self._provisioning_templates) >= MAX_TEMPLATES:
+        if len(self.state.provisioning_templates) >= MAX_TEMPLATES:
             raise limit_exceeded(
                 f"The limit of {MAX_TEMPLATES} provisioning templates per account has been reached."
             )
         self._check_hook(template_type, preProvisioningHook)
         compile_template(templateBody)
         now = self.now()
-        self._provisioning_templates[templateName] = {
+        self.state.provisioning_templates[templateName] = {
             "templateName": templateName,
             "templateArn": self.arn(f"provisioningtemplate/{templateName}"),
             "description": description,
@@ -84,10 +79,10 @@ class ProvisioningMixin:
             "preProvisioningHook": preProvisioningHook,
             "type": template_type,
             "tags": list(tags or []),
-            "versions": {1: {"versionId": 1, "creationDate": now, "templateBody": templateBody}},
+            "versions": {"1": {"versionId": 1, "creationDate": now, "templateBody": templateBody}},
             "nextVersionId": 2,
         }
-        record = self._provisioning_templates[templateName]
+        record = self.state.provisioning_templates[templateName]
         return {"templateArn": record["templateArn"], "templateName": templateName, "defaultVersionId": 1}
 
     def describe_provisioning_template(self, templateName: str) -> dict[str, Any]:
@@ -105,7 +100,7 @@ class ProvisioningMixin:
             "type",
         )
         out = {k: record[k] for k in keys if record[k] is not None}
-        out["templateBody"] = record["versions"][record["defaultVersionId"]]["templateBody"]
+        out["templateBody"] = record["versions"][str(record["defaultVersionId"])]["templateBody"]
         return out
 
     def list_provisioning_templates(
@@ -120,7 +115,7 @@ class ProvisioningMixin:
             "enabled",
             "type",
         )
-        records = sorted(self._provisioning_templates.values(), key=lambda r: r["templateName"])
+        records = sorted(self.state.provisioning_templates.values(), key=lambda r: r["templateName"])
         page, token = paginate(records, nextToken, maxResults, 250)
         out: dict[str, Any] = {"templates": [{k: r[k] for k in keys if r[k] is not None} for r in page]}
         if token:
@@ -143,7 +138,7 @@ class ProvisioningMixin:
                 "preProvisioningHook and removePreProvisioningHook cannot be used together."
             )
         self._check_hook(record["type"], preProvisioningHook)
-        if defaultVersionId is not None and defaultVersionId not in record["versions"]:
+        if defaultVersionId is not None and str(defaultVersionId) not in record["versions"]:
             raise not_found(
                 f"Version {defaultVersionId} of provisioning template {templateName} does not exist."
             )
@@ -162,7 +157,7 @@ class ProvisioningMixin:
 
     def delete_provisioning_template(self, templateName: str) -> dict[str, Any]:
         self._template_record(templateName)
-        del self._provisioning_templates[templateName]
+        del self.state.provisioning_templates[templateName]
         return {}
 
     # ------------------------------------------------------------------ versions
@@ -180,7 +175,7 @@ class ProvisioningMixin:
         compile_template(templateBody)
         version_id = record["nextVersionId"]
         now = self.now()
-        record["versions"][version_id] = {
+        record["versions"][str(version_id)] = {
             "versionId": version_id,
             "creationDate": now,
             "templateBody": templateBody,
@@ -198,7 +193,7 @@ class ProvisioningMixin:
 
     def _version_record(self, template_name: str, version_id: int) -> tuple[dict[str, Any], dict[str, Any]]:
         record = self._template_record(template_name)
-        version = record["versions"].get(int(version_id))
+        version = record["versions"].get(str(int(version_id)))
         if version is None:
             raise not_found(f"Version {version_id} of provisioning template {template_name} does not exist.")
         return record, version
@@ -217,7 +212,7 @@ class ProvisioningMixin:
                 "creationDate": v["creationDate"],
                 "isDefaultVersion": v["versionId"] == record["defaultVersionId"],
             }
-            for _, v in sorted(record["versions"].items())
+            for v in sorted(record["versions"].values(), key=lambda v: v["versionId"])
         ]
         page, token = paginate(versions, nextToken, maxResults, 250)
         out: dict[str, Any] = {"versions": page}
@@ -233,7 +228,7 @@ class ProvisioningMixin:
                 f"Version {versionId} is the default version of provisioning template {templateName} "
                 "and cannot be deleted.",
             )
-        del record["versions"][version["versionId"]]
+        del record["versions"][str(version["versionId"])]
         record["lastModifiedDate"] = self.now()
         return {}
 
@@ -251,10 +246,10 @@ class ProvisioningMixin:
         expiration = float(int(now) + CLAIM_LIFETIME)
         key, public_pem, private_pem = new_rsa_key_pair()
         certificate_pem, certificate_id = self._issue_claim_certificate(key.public_key(), expiration)
-        self._provisioning_claims = {
-            cid: c for cid, c in self._provisioning_claims.items() if c["expiration"] > now
+        self.state.provisioning_claims = {
+            cid: c for cid, c in self.state.provisioning_claims.items() if c["expiration"] > now
         }  # expired claims are forgotten
-        self._provisioning_claims[certificate_id] = {
+        self.state.provisioning_claims[certificate_id] = {
             "certificateId": certificate_id,
             "certificatePem": certificate_pem,
             "templateName": templateName,
@@ -269,36 +264,28 @@ class ProvisioningMixin:
 
     def _claim_record(self, certificate_id: str) -> dict[str, Any]:
         """A live claim certificate (for fleet provisioning); expired or unknown claims raise."""
-        claim = self._provisioning_claims.get(certificate_id)
+        claim = self.state.provisioning_claims.get(certificate_id)
         if claim is None or claim["expiration"] <= self.now():
             raise not_found(f"Claim certificate {certificate_id} does not exist or has expired.")
         return claim
 
+    def _claim_ca(self) -> tuple[Any, Any]:
+        """The stand-in claim CA (key, certificate), derived from the account id: nothing is stored."""
+        if self._stand_in_claim_ca is None:
+            self._stand_in_claim_ca = stand_in_claim_ca(self.account_id)
+        return self._stand_in_claim_ca
+
     def _issue_claim_certificate(self, public_key: Any, expiration: float) -> tuple[str, str]:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.x509.oid import NameOID
 
-        oids = {
-            "C": NameOID.COUNTRY_NAME,
-            "ST": NameOID.STATE_OR_PROVINCE_NAME,
-            "L": NameOID.LOCALITY_NAME,
-            "O": NameOID.ORGANIZATION_NAME,
-            "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
-            "serialNumber": NameOID.SERIAL_NUMBER,
-        }
-        issuer = x509.Name([x509.NameAttribute(oids[k], v) for k, v in CLAIM_ISSUER])
-        # The stand-in claim CA key derives from the account id, so it survives restarts without being stored.
-        seed = int.from_bytes(
-            hashlib.sha256(f"iot-emulator-claim-ca:{self.account_id}".encode()).digest(), "big"
-        )
-        ca_key = ec.derive_private_key(seed % (2**255 - 19) + 1, ec.SECP256R1())
+        ca_key, ca_cert = self._claim_ca()
         not_after = dt.datetime.fromtimestamp(expiration, tz=dt.UTC)
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, secrets.token_hex(32))]))
-            .issuer_name(issuer)
+            .issuer_name(ca_cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(not_after - dt.timedelta(minutes=7))

@@ -1,17 +1,16 @@
-"""S3 as the IoT backend sees it: objects in moto's in-process S3 backend, presigned links on our endpoint."""
+"""S3 as the IoT service sees it: objects in moto's in-process S3 backend, presigned links on our endpoint."""
 
 from __future__ import annotations
 
 import contextvars
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import boto3
 from botocore.config import Config
 
 from iot_emulator.errors import invalid_request
-
-DEFAULT_ACCOUNT = "123456789012"
 
 # The endpoint URL the current request came in on (set by the server): links must work for that caller.
 request_endpoint: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -20,21 +19,21 @@ request_endpoint: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 
 class S3Store:
-    """Reads and writes objects straight in moto's S3 backend (no HTTP round trip)."""
+    """Reads and writes objects straight in moto's S3 backend (no HTTP round trip).
 
-    def __init__(
-        self, endpoint_url: str = "http://127.0.0.1:4566", account_id: str = DEFAULT_ACCOUNT
-    ) -> None:
+    ``backend`` returns moto's S3 backend of the account when called; the server gives it, so this class
+    never reaches moto's global state itself.
+    """
+
+    def __init__(self, backend: Callable[[], Any], endpoint_url: str = "http://127.0.0.1:4566") -> None:
+        self._backend_of = backend
         self.endpoint_url = endpoint_url
-        self.account_id = account_id
         self._signers: dict[tuple[str, str], Any] = {}
         self._signer_lock = threading.Lock()
 
     @property
     def _backend(self) -> Any:
-        from moto.s3.models import s3_backends
-
-        return s3_backends[self.account_id]["aws"]
+        return self._backend_of()
 
     def get_object(self, bucket: str, key: str) -> bytes:
         """The object's bytes; InvalidRequestException naming the bucket and key when it is missing."""
@@ -56,6 +55,11 @@ class S3Store:
             self._backend.put_object(bucket, key, data)
         except MissingBucket:
             raise invalid_request(f"The specified bucket does not exist: s3://{bucket}") from None
+
+    def create_bucket(self, bucket: str, region: str) -> None:
+        """Create ``bucket`` (the internal bucket of bulk reports, say) unless it exists."""
+        if bucket not in self._backend.buckets:
+            self._backend.create_bucket(bucket, region)
 
     def presigned_get_url(self, bucket: str, key: str, expires: int = 3600, region: str = "us-east-1") -> str:
         """A SigV4 presigned GET link on the emulator's endpoint; a plain HTTP GET downloads the object."""

@@ -15,6 +15,15 @@ from cryptography.x509.oid import NameOID
 AMAZON_ISSUER_OU = "Amazon Web Services O=Amazon.com Inc. L=Seattle ST=Washington C=US"
 AMAZON_DEVICE_SUBJECT_CN = "AWS IoT Certificate"
 AMAZON_DEVICE_NOT_AFTER = dt.datetime(2049, 12, 31, 23, 59, 59, tzinfo=dt.UTC)
+# Issuer of real claim certificates (decoded from the CLI example, aws-iot-facts.md 3.2).
+CLAIM_ISSUER = (
+    (NameOID.COUNTRY_NAME, "US"),
+    (NameOID.STATE_OR_PROVINCE_NAME, "Washington"),
+    (NameOID.LOCALITY_NAME, "Seattle"),
+    (NameOID.ORGANIZATION_NAME, "Amazon.com Inc."),
+    (NameOID.ORGANIZATIONAL_UNIT_NAME, "Amazon IoT Provisioning"),
+    (NameOID.SERIAL_NUMBER, "1.0"),
+)
 # Key types AWS accepts in a CSR: RSA >= 2048 bits or ECC P-256/P-384/P-521.
 _ACCEPTED_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 
@@ -108,6 +117,28 @@ def stand_in_amazon_ca(account_id: str) -> tuple[ec.EllipticCurvePrivateKey, x50
         .not_valid_after(AMAZON_DEVICE_NOT_AFTER)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def stand_in_claim_ca(account_id: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """The issuer of claim certificates, named as Amazon's provisioning CA and stable per account.
+
+    A CA certificate (not only a key) so that the MQTT endpoint's TLS can trust the claims it signs.
+    """
+    seed = int.from_bytes(hashlib.sha256(f"iot-emulator-claim-ca:{account_id}".encode()).digest(), "big")
+    key = ec.derive_private_key(seed % (2**255 - 19) + 1, ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(oid, value) for oid, value in CLAIM_ISSUER])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(seed >> 100)
+        .not_valid_before(dt.datetime(2015, 5, 28, tzinfo=dt.UTC))
+        .not_valid_after(AMAZON_DEVICE_NOT_AFTER)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     return key, cert

@@ -101,16 +101,17 @@ def make_input(lines: int, ca_key: Any, ca_cert: x509.Certificate) -> bytes:
     return b"\n".join(out) + b"\n"
 
 
-def engine_cost(backend: Any, data: bytes, sample: int = 2000) -> float:
-    """Microseconds per line for the template run alone, on a throwaway account's backend."""
-    from iot_emulator.template_engine import compile_template, provision
+def engine_cost(service: Any, data: bytes, sample: int = 2000) -> float:
+    """Microseconds per line for the template run alone, on a throwaway account's service."""
+    from iot_emulator.template_language import compile_template
+    from iot_emulator.template_provisioning import provision
 
     template = compile_template(json.dumps(TEMPLATE))
     rows = [orjson.loads(line) for line in data.splitlines()[:sample]]
     cache: dict[str, set[str]] = {}
     start = time.perf_counter()
     for row in rows:
-        provision(backend, template, row, cache=cache)
+        provision(service, template, row, cache=cache)
     return (time.perf_counter() - start) / len(rows) * 1e6
 
 
@@ -120,8 +121,8 @@ def main() -> None:
     parser.add_argument("--state-dir", help="persist the emulator's state there (measures checkpoint cost)")
     args = parser.parse_args()
 
-    from iot_emulator.backend import IotBackend
     from iot_emulator.server import EmulatorServer
+    from iot_emulator.service import in_memory_service
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = _certificate(
@@ -173,8 +174,8 @@ def main() -> None:
             f"in {elapsed:.1f} s = {args.lines / elapsed:,.0f} lines/s"
         )
 
-        # The bare engine cost, on a separate in-memory backend (nothing else competes for the lock).
-        scratch = IotBackend(account_id="000000000000")
+        # The bare engine cost, on a separate in-memory service (nothing else competes for the lock).
+        scratch = in_memory_service(account_id="000000000000")
         code = scratch.get_registration_code()["registrationCode"]
         verification = _certificate(
             code, ec.generate_private_key(ec.SECP256R1()).public_key(), ca_key, ca_cert.subject

@@ -1,12 +1,19 @@
-"""`make run`: the whole pipeline on this machine, through Airflow, against the emulator; summary last.
+"""`make run` / `make dag`: a DAG of the project on this machine, through Airflow, against the emulator.
 
 Starts the emulator in the background (state under $STATE_DIR/emulator), prepares Airflow
 ($STATE_DIR/airflow: metadata DB, connections from environment variables), bootstraps the account
 (bucket, inbox notifications, development CA, thing types, groups, policies, templates, pool), runs
-`airflow dags test provision_factory_batch` on the manifest, prints progress, then the batch summary
-as ONE JSON object on the last line. The emulator is always stopped. Full logs: $STATE_DIR/logs/.
+`airflow dags test <dag>` (provision_factory_batch on the manifest by default), prints progress, then the
+DAG's result as ONE JSON object on the last line: the batch summary for the pipeline (also when the run
+failed: then with its `error`), the return value of the DAG's last task otherwise. The emulator is always
+stopped. Full logs: $STATE_DIR/logs/.
 
-    python -m scripts.run_local [--manifest PATH_OR_S3_URI] [--dry-run] [--timeout SECONDS]
+Before running, DAG runs that the metadata DB still shows running are marked failed: this process holds
+the state directory's lock (the emulator's), so no other local run can be alive; a later run then resumes
+what they left instead of waiting for them.
+
+    python -m scripts.run_local [--manifest PATH_OR_S3_URI] [--dry-run] [--dag ID] [--conf JSON]
+                                [--timeout SECONDS]
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -91,9 +99,11 @@ def emulator(state_dir: Path, logs: Path) -> Iterator[str]:
     port = free_port()
     log_path = logs / "emulator.log"
     log_file = log_path.open("ab")
+    # IOT_EMULATOR_ARGS passes extra flags, e.g. faults: "--task-line-delay 0.05" (resilience trials).
+    extra = shlex.split(os.environ.get("IOT_EMULATOR_ARGS", ""))
     process = subprocess.Popen(
         [sys.executable, "-m", "iot_emulator", "--host", "127.0.0.1", "--port", str(port)]
-        + ["--state-dir", str(state_dir / "emulator")],
+        + ["--state-dir", str(state_dir / "emulator"), *extra],
         cwd=ROOT,
         stdout=log_file,
         stderr=subprocess.STDOUT,
@@ -171,9 +181,9 @@ def progress(line: str) -> str | None:
     return None
 
 
-def run_dag(conf: dict[str, Any], env: dict[str, str], log_path: Path, timeout: int) -> None:
-    """`airflow dags test` (it ignores SIGTERM, hence timeout -k), progress lines echoed."""
-    command = ["timeout", "-k", "10", str(timeout), "airflow", "dags", "test", DAG_ID, "-c", json.dumps(conf)]
+def run_dag(dag_id: str, conf: dict[str, Any], env: dict[str, str], log_path: Path, timeout: int) -> bool:
+    """`airflow dags test` (it ignores SIGTERM, hence timeout -k), progress lines echoed; True on success."""
+    command = ["timeout", "-k", "10", str(timeout), "airflow", "dags", "test", dag_id, "-c", json.dumps(conf)]
     with log_path.open("w") as log_file:
         process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -185,87 +195,153 @@ def run_dag(conf: dict[str, Any], env: dict[str, str], log_path: Path, timeout: 
             if note:
                 say(note)
         code = process.wait()
-    if code == 124 or code == 137:
+    if code in (124, 137):
         raise RunError(f"the DAG run did not finish within {timeout} s; see {log_path}")
-    if code != 0:
-        raise RunError(f"the DAG run failed (exit {code}); see {log_path} (search for 'ERROR')")
+    return code == 0
 
 
-def latest_results(*task_ids: str) -> dict[str, Any]:
-    """The return values of these tasks in the DAG's newest run (key material never reaches XCom)."""
+def fail_stale_runs() -> list[str]:
+    """Mark DAG runs the local metadata DB still shows queued or running as failed; returns their ids.
+
+    Only for the local state: this process holds the state dir's lock, so none of them can be alive.
+    """
     from airflow.models.dagrun import DagRun
-    from airflow.models.xcom import XComModel
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState, TaskInstanceState
+    from sqlalchemy import select
+
+    unfinished = (TaskInstanceState.RUNNING, TaskInstanceState.DEFERRED, TaskInstanceState.QUEUED)
+    with create_session() as session:
+        stale = session.scalars(
+            select(DagRun).where(DagRun.state.in_((DagRunState.RUNNING, DagRunState.QUEUED)))
+        ).all()
+        for run in stale:
+            for ti in session.scalars(
+                select(TaskInstance).where(
+                    TaskInstance.dag_id == run.dag_id,
+                    TaskInstance.run_id == run.run_id,
+                    TaskInstance.state.in_(unfinished),
+                )
+            ):
+                ti.state = TaskInstanceState.FAILED
+            run.state = DagRunState.FAILED
+        return [f"{run.dag_id}/{run.run_id}" for run in stale]
+
+
+def newest_run(dag_id: str) -> tuple[str, str, list[str]]:
+    """(run id, state, ids of its failed tasks) of the DAG's newest run."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
     with create_session() as session:
         run = session.scalars(
-            select(DagRun).where(DagRun.dag_id == DAG_ID).order_by(DagRun.id.desc()).limit(1)
+            select(DagRun).where(DagRun.dag_id == dag_id).order_by(DagRun.id.desc()).limit(1)
         ).first()
         if run is None:
-            raise RunError("no DAG run was recorded")
-        rows = session.scalars(
-            select(XComModel).where(
-                XComModel.dag_id == DAG_ID,
-                XComModel.run_id == run.run_id,
-                XComModel.task_id.in_(task_ids),
-                XComModel.key == "return_value",
+            raise RunError(f"no run of {dag_id} was recorded")
+        failed = session.scalars(
+            select(TaskInstance.task_id).where(
+                TaskInstance.dag_id == dag_id,
+                TaskInstance.run_id == run.run_id,
+                TaskInstance.state == "failed",
             )
         ).all()
-        results = {row.task_id: XComModel.deserialize_value(row) for row in rows}
-    missing = [task_id for task_id in task_ids if task_id not in results]
-    if missing:
-        raise RunError(f"run {run.run_id} ended {run.state} without a result from {', '.join(missing)}")
-    return results
+        return run.run_id, str(run.state), sorted(set(failed))
 
 
-def dry_run_summary(batch: dict, validation: dict, checks: dict) -> dict[str, Any]:
-    """A dry run ends after pre-flight: the same counts as a batch summary, with the rest `planned`."""
-    rows, quarantined = validation["rows"], validation["quarantined"]
-    skipped, planned = checks["skipped"], checks["to_provision"]
-    return {
-        "batch_id": batch["batch_id"],
-        "run_id": batch["run_id"],
-        "source": batch["source"],
-        "dry_run": True,
-        "rows": rows,
-        "provisioned": 0,
-        "failed": 0,
-        "quarantined": quarantined,
-        "skipped": skipped,
-        "planned": planned,
-        "accounted": quarantined + skipped + planned == rows,
-        "reasons": validation["reasons"],
-        "problems": checks["problems"],
-        "files": {
-            "bucket": batch["bucket"],
-            "quarantine": validation["quarantine_key"],
-            "preflight": checks["report_key"],
-        },
-    }
+def task_results(dag_id: str, run_id: str, task_ids: list[str]) -> dict[str, Any]:
+    """The return values of these tasks in one run (key material never reaches XCom)."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.scalars(
+            select(XComModel).where(
+                XComModel.dag_id == dag_id,
+                XComModel.run_id == run_id,
+                XComModel.task_id.in_(task_ids),
+                XComModel.key == "return_value",
+                XComModel.map_index == -1,
+            )
+        ).all()
+        return {row.task_id: XComModel.deserialize_value(row) for row in rows}
+
+
+def leaf_tasks(dag_id: str) -> list[str]:
+    """The DAG's last tasks (no downstream), whose return values are its result."""
+    from airflow.models import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    dag = bag.dags.get(dag_id)
+    if dag is None:
+        known = ", ".join(sorted(bag.dags))
+        raise RunError(f"no DAG {dag_id!r} in dags/ (known: {known})")
+    return sorted(task.task_id for task in dag.tasks if not task.downstream_task_ids)
+
+
+def dag_result(dag_id: str, succeeded: bool, log_path: Path) -> tuple[dict[str, Any], str | None]:
+    """(the result to print, the reason the run failed or None)."""
+    run_id, state, failed = newest_run(dag_id)
+    if dag_id == DAG_ID:
+        from include.pipeline import run_summary
+        from include.settings import Settings
+
+        summary = run_summary(Settings.from_env(), run_id) or {"run_id": run_id, "rows": 0, "accounted": True}
+        if not succeeded:
+            summary.setdefault("error", None)
+            summary["error"] = summary["error"] or f"tasks {', '.join(failed) or '?'} failed; see {log_path}"
+            summary["state"] = state
+        return summary, summary.get("error") if not succeeded else None
+    leaves = leaf_tasks(dag_id)
+    results = task_results(dag_id, run_id, leaves)
+    result: dict[str, Any] = results[leaves[0]] if len(leaves) == 1 and leaves[0] in results else results
+    if not isinstance(result, dict):
+        result = {"result": result}
+    if not succeeded:
+        error = f"tasks {', '.join(failed) or '?'} failed; see {log_path}"
+        return {"dag_id": dag_id, "run_id": run_id, "state": state, "error": error, **result}, error
+    return result, None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--manifest", default=str(DEFAULT_MANIFEST), help="local path or s3:// URI")
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--dag", default=DAG_ID, help=f"the DAG to run (default {DAG_ID})")
+    parser.add_argument("--conf", default=None, help="the run's conf as JSON (default: manifest, dry run)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds for the DAG run")
     args = parser.parse_args(argv)
 
     state_dir = Path(os.environ.get("STATE_DIR") or ROOT / ".local").resolve()
     logs = state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    manifest = args.manifest if args.manifest.startswith("s3://") else str(Path(args.manifest).resolve())
-    if not manifest.startswith("s3://") and not Path(manifest).is_file():
-        print(f"[run] manifest not found: {manifest}", file=sys.stderr)
+    try:
+        conf = json.loads(args.conf) if args.conf else None
+    except ValueError as error:
+        print(f"[run] CONF is not JSON: {error}", file=sys.stderr)
+        return 2
+    if conf is None and args.dag == DAG_ID:
+        manifest = args.manifest if args.manifest.startswith("s3://") else str(Path(args.manifest).resolve())
+        if not manifest.startswith("s3://") and not Path(manifest).is_file():
+            print(f"[run] manifest not found: {manifest}", file=sys.stderr)
+            return 2
+        conf = {"manifest": manifest, "dry_run": args.dry_run}
+    if not isinstance(conf or {}, dict):
+        print("[run] CONF must be a JSON object", file=sys.stderr)
         return 2
 
     try:
         with emulator(state_dir, logs) as endpoint:
             env = {**os.environ, **airflow_env(state_dir, endpoint)}
-            os.environ.update(env)  # the summary is read from Airflow's DB in this process
+            os.environ.update(env)  # the result is read from Airflow's DB in this process
             say(f"Airflow home {env['AIRFLOW_HOME']}: migrating the metadata DB")
             run_step("airflow db migrate", ["airflow", "db", "migrate"], env, logs / "airflow-db.log")
+            for stale in fail_stale_runs():
+                say(f"marked {stale} failed: it was left running by a process that is gone")
             say("bootstrapping the account (bucket, inbox queue, CA, types, groups, policies, pool)")
             report = json.loads(
                 run_step(
@@ -282,21 +358,19 @@ def main(argv: list[str] | None = None) -> int:
             )
             env["PIPELINE_INBOX_QUEUE_URL"] = report["inbox_queue_url"]
             run_log = logs / f"dag-run-{time.strftime('%Y%m%dT%H%M%S')}.log"
-            say(f"running {DAG_ID} on {manifest} (log {run_log})")
-            run_dag({"manifest": manifest, "dry_run": args.dry_run}, env, run_log, args.timeout)
-            if args.dry_run:
-                results = latest_results("intake", "validate", "preflight")
-                summary = dry_run_summary(results["intake"], results["validate"], results["preflight"])
-            else:
-                summary = latest_results("summarize")["summarize"]
+            say(f"running {args.dag} with conf {json.dumps(conf or {})} (log {run_log})")
+            succeeded = run_dag(args.dag, conf or {}, env, run_log, args.timeout)
+            result, error = dag_result(args.dag, succeeded, run_log)
     except RunError as error:
         print(f"[run] FAILED: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("[run] interrupted", file=sys.stderr)
         return 130
-    print(json.dumps(summary, sort_keys=True, default=str), flush=True)
-    return 0
+    if error:
+        print(f"[run] FAILED: {error}", file=sys.stderr, flush=True)
+    print(json.dumps(result, sort_keys=True, default=str), flush=True)
+    return 1 if error else 0
 
 
 if __name__ == "__main__":

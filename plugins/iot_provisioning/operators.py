@@ -1,150 +1,127 @@
-"""StartThingRegistrationTaskOperator: start (or resume) one bulk registration task and wait for it."""
+"""StartThingRegistrationTaskOperator: start (or resume) one unit's bulk registration task and wait for it."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils import validate_execute_complete_event
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.providers.amazon.aws.utils.waiter_with_logging import wait
 from airflow.sdk.exceptions import AirflowException
-from botocore.exceptions import ClientError
 
-from plugins.iot_provisioning.hooks import TERMINAL_STATUSES, IotHook
-from plugins.iot_provisioning.triggers import PROGRESS_QUERY, ThingRegistrationTaskTrigger
+from plugins.iot_provisioning.hooks import IotHook
+from plugins.iot_provisioning.triggers import (
+    PROGRESS_QUERY,
+    RegistrationSlotTrigger,
+    ThingRegistrationTaskTrigger,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-# Error codes worth another StartThingRegistrationTask after botocore's own retries gave up:
-# throttling, the one-task-per-account refusal, and transient service faults.
-RETRYABLE_START_CODES = frozenset(
-    {
-        "ThrottlingException",
-        "LimitExceededException",
-        "ServiceUnavailableException",
-        "InternalFailureException",
-    }
-)
-
-
-def _backoff_delays(attempts: int, base: float, cap: float = 60.0) -> list[float]:
-    """Exponential delays between start attempts (base, 2*base, 4*base, ... capped)."""
-    return [min(cap, base * 2**n) for n in range(max(attempts - 1, 0))]
-
 
 class StartThingRegistrationTaskOperator(AwsBaseOperator[IotHook]):
     """
-    Start an AWS IoT thing registration task for one registration group of a batch, then wait for it.
+    Register one registration unit of a batch with an AWS IoT thing registration task, then wait for it.
 
-    Resumable: the task id is recorded in the inventory right after the start. When the Airflow task
-    runs again (retry, clear, worker lost) and the recorded task is still running, it polls that task
-    instead of starting a second one; a recorded Completed task is reused as is. Run it in the pool
-    ``iot_bulk_registration`` (one slot): AWS runs one registration task at a time per account.
+    Resumable (include.registration.start_or_resume): a retried, cleared or adopted unit follows the task
+    already started for its parameter file instead of starting a second one. While another task holds the
+    account's single registration slot, it waits deferred (RegistrationSlotTrigger), not in a worker slot.
+    Returns ``{"unit": ..., "registration": ...}`` for reconcile, also when the task ended Failed or
+    Cancelled: its reports (or their absence) decide each row's outcome.
 
-    :param batch: the batch dict returned by ``include.pipeline.intake``.
-    :param registration_group: one entry of ``include.pipeline.write_parameter_files``
-        (``group``, ``lines``, ``params_key``, ``template_key``, ``bucket``).
+    :param batch: the batch record of ``include.pipeline.intake`` (XCom form).
+    :param unit: one registration unit of ``include.pipeline.write_parameter_files`` (XCom form).
     :param role_arn: IAM role IoT assumes to read the parameter file (default: the pipeline settings').
     :param deferrable: wait in the triggerer instead of holding a worker slot (default True).
     :param waiter_delay: seconds between status polls.
     :param waiter_max_attempts: polls before giving up.
-    :param start_attempts: StartThingRegistrationTask attempts on throttling/limit errors, beyond
-        botocore's own standard-mode retries.
-    :param start_backoff: first delay in seconds between those attempts (doubles each time).
+    :param slot_delay: seconds between polls for a free registration slot.
     """
 
     aws_hook_class = IotHook
-    template_fields: Sequence[str] = aws_template_fields("batch", "registration_group", "role_arn")
+    template_fields: Sequence[str] = aws_template_fields("batch", "unit", "role_arn")
     ui_color = "#f3d9b1"
 
     def __init__(
         self,
         *,
         batch: dict[str, Any],
-        registration_group: dict[str, Any],
+        unit: dict[str, Any],
         role_arn: str | None = None,
         deferrable: bool = True,
         waiter_delay: int = 10,
         waiter_max_attempts: int = 8640,
-        start_attempts: int = 6,
-        start_backoff: float = 5.0,
+        slot_delay: int = 30,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.batch = batch
-        self.registration_group = registration_group
+        self.unit = unit
         self.role_arn = role_arn
         self.deferrable = deferrable
         self.waiter_delay = waiter_delay
         self.waiter_max_attempts = waiter_max_attempts
-        self.start_attempts = start_attempts
-        self.start_backoff = start_backoff
+        self.slot_delay = slot_delay
 
-    # The inventory bookkeeping lives in the domain package; imported lazily so DAG parsing stays light.
-    @staticmethod
-    def _domain() -> tuple[Any, Any]:
-        from include import pipeline
+    def _domain(self) -> tuple[Any, Any, Any, Any]:
+        """(registration module, settings, batch record, unit record); imported late: parsing stays light."""
+        from include import registration
+        from include.records import Batch, RegistrationUnit
         from include.settings import Settings
 
-        return pipeline, Settings.from_env()
+        return registration, Settings.from_env(), Batch.of(self.batch), RegistrationUnit.of(self.unit)
 
-    @property
-    def _group_name(self) -> str:
-        return str(self.registration_group["group"])
+    def _aws_kwargs(self) -> dict[str, Any]:
+        return {
+            "aws_conn_id": self.aws_conn_id,
+            "region_name": self.region_name,
+            "verify": self.verify,
+            "botocore_config": self.botocore_config,
+        }
 
     def execute(self, context: Context) -> dict[str, Any]:
-        pipeline, settings = self._domain()
-        task_id = pipeline.registration_task_for(settings, self.batch, self._group_name)
-        if task_id:
-            state = self.hook.describe_thing_registration_task(task_id)
-            if state["status"] not in TERMINAL_STATUSES:
-                self.log.info(
-                    "Resuming registration task %s for group %s (%s, %s%%); not starting another.",
-                    task_id,
-                    self._group_name,
-                    state["status"],
-                    state["percentage_progress"],
-                )
-            elif state["status"] == "Completed":
-                self.log.info(
-                    "Registration task %s for group %s already completed.", task_id, self._group_name
-                )
-                pipeline.record_registration_status(settings, self.batch, self._group_name, state)
-                return self._result(state)
-            else:
-                self.log.warning(
-                    "Registration task %s for group %s ended %s (%s); starting a new one.",
-                    task_id,
-                    self._group_name,
-                    state["status"],
-                    state["message"],
-                )
-                task_id = None
-        if not task_id:
-            task_id = self._start(role_arn=self.role_arn or settings.registration_role_arn)
-            pipeline.record_registration_task(settings, self.batch, self._group_name, task_id)
-            self.log.info(
-                "Started registration task %s for group %s (%s lines).",
-                task_id,
-                self._group_name,
-                self.registration_group.get("lines"),
-            )
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
+        from include.inventory import Inventory
+
+        registration, settings, batch, unit = self._domain()
+        s3 = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).get_conn()
+        try:
+            progress = registration.start_or_resume(
+                self.hook.conn,
+                s3,
+                Inventory(settings.inventory_url),
+                batch,
+                unit,
+                self.role_arn or settings.registration_role_arn,
+            )
+        except registration.RegistrationSlotBusy:
+            return self._wait_for_slot(context, unit.unit)
+        state = progress.registration
+        if progress.started:
+            self.log.info(
+                "Started registration task %s for unit %s (%s lines).", state.task_id, unit.unit, unit.lines
+            )
+        else:
+            self.log.info(
+                "Resuming registration task %s for unit %s (%s, %s%%); not starting another.",
+                state.task_id,
+                unit.label,
+                state.status,
+                state.percentage_progress,
+            )
+        if progress.done:
+            return self._finish(state.task_id)
         if self.deferrable:
             self.defer(
                 trigger=ThingRegistrationTaskTrigger(
-                    task_id=task_id,
+                    task_id=state.task_id,
                     waiter_delay=self.waiter_delay,
                     waiter_max_attempts=self.waiter_max_attempts,
-                    aws_conn_id=self.aws_conn_id,
-                    region_name=self.region_name,
-                    verify=self.verify,
-                    botocore_config=self.botocore_config,
+                    **self._aws_kwargs(),
                 ),
                 method_name="execute_complete",
             )
@@ -153,63 +130,73 @@ class StartThingRegistrationTaskOperator(AwsBaseOperator[IotHook]):
                 waiter=self.hook.get_waiter("thing_registration_task_complete"),
                 waiter_delay=self.waiter_delay,
                 waiter_max_attempts=self.waiter_max_attempts,
-                args={"taskId": task_id},
-                failure_message=f"Thing registration task {task_id} did not complete",
-                status_message=f"Thing registration task {task_id}",
+                args={"taskId": state.task_id},
+                failure_message=f"Thing registration task {state.task_id} did not complete",
+                status_message=f"Thing registration task {state.task_id}",
                 status_args=[PROGRESS_QUERY, "message"],
             )
         except AirflowException as error:
-            return self._finish(task_id, {"status": "error", "message": str(error)})
-        return self._finish(task_id, {"status": "success"})
+            self.log.warning("%s", error)
+        return self._finish(state.task_id)
+
+    def _wait_for_slot(self, context: Context, unit: str) -> dict[str, Any]:
+        self.log.info("Another registration task holds the account's slot; unit %s waits for it.", unit)
+        if self.deferrable:
+            self.defer(
+                trigger=RegistrationSlotTrigger(
+                    unit=unit,
+                    waiter_delay=self.slot_delay,
+                    waiter_max_attempts=self.waiter_max_attempts,
+                    **self._aws_kwargs(),
+                ),
+                method_name="execute_after_slot",
+            )
+        wait(
+            waiter=self.hook.get_waiter("registration_slot_free"),
+            waiter_delay=self.slot_delay,
+            waiter_max_attempts=self.waiter_max_attempts,
+            args={"status": "InProgress"},
+            failure_message=f"The registration slot did not come free for unit {unit}",
+            status_message=f"Unit {unit} waits for the running registration task",
+            status_args=["taskIds"],
+        )
+        return self.execute(context)
+
+    def execute_after_slot(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Back from RegistrationSlotTrigger: try to start again (another unit may have taken the slot)."""
+        event = validate_execute_complete_event(event)
+        if event.get("status") != "success":
+            raise AirflowException(f"Waiting for the registration slot failed: {event.get('message')}")
+        return self.execute(context)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         event = validate_execute_complete_event(event)
-        return self._finish(event["task_id"], event)
+        return self._finish(event["task_id"])
 
-    def _finish(self, task_id: str, event: dict[str, Any]) -> dict[str, Any]:
-        """Record the final state; fail with AWS's own message unless the task Completed."""
-        pipeline, settings = self._domain()
-        state = self.hook.describe_thing_registration_task(task_id)
-        pipeline.record_registration_status(settings, self.batch, self._group_name, state)
-        if state["status"] != "Completed":
-            detail = state["message"] or event.get("message") or "no message from AWS"
-            raise AirflowException(f"Thing registration task {task_id} ended {state['status']}: {detail}")
-        self.log.info(
-            "Registration task %s completed: %s succeeded, %s failed.",
-            task_id,
-            state["success_count"],
-            state["failure_count"],
-        )
-        return self._result(state)
+    def _finish(self, task_id: str) -> dict[str, Any]:
+        """Record the task's final state; a task still running (the waiter gave up) fails this try."""
+        from include.inventory import Inventory
 
-    def _result(self, state: dict[str, Any]) -> dict[str, Any]:
-        return {**state, "group": self._group_name, "registration_group": dict(self.registration_group)}
-
-    def _start(self, *, role_arn: str) -> str:
-        """StartThingRegistrationTask with a bounded backoff on throttling and the one-task limit."""
-        group = self.registration_group
-        template_body = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).read_key(
-            key=group["template_key"], bucket_name=group["bucket"]
-        )
-        delays = _backoff_delays(self.start_attempts, self.start_backoff)
-        for attempt in range(len(delays) + 1):
-            try:
-                return self.hook.start_thing_registration_task(
-                    template_body=template_body,
-                    input_file_bucket=group["bucket"],
-                    input_file_key=group["params_key"],
-                    role_arn=role_arn,
-                )
-            except ClientError as error:
-                code = error.response.get("Error", {}).get("Code", "")
-                if code not in RETRYABLE_START_CODES or attempt == len(delays):
-                    raise
-                self.log.warning(
-                    "StartThingRegistrationTask refused (%s); attempt %d of %d in %.0f s.",
-                    code,
-                    attempt + 2,
-                    len(delays) + 1,
-                    delays[attempt],
-                )
-                time.sleep(delays[attempt])
-        raise AssertionError("unreachable")  # the loop returns or raises
+        registration, settings, batch, unit = self._domain()
+        state = registration.describe(self.hook.conn, task_id)
+        if state.status not in registration.TERMINAL_STATUSES:
+            raise AirflowException(
+                f"Thing registration task {task_id} is still {state.status} ({state.percentage_progress}%); "
+                "the next try resumes it"
+            )
+        registration.record_final(Inventory(settings.inventory_url), batch, unit, state)
+        if state.status == "Completed":
+            self.log.info(
+                "Registration task %s completed: %s succeeded, %s failed.",
+                task_id,
+                state.success_count,
+                state.failure_count,
+            )
+        else:
+            self.log.warning(
+                "Registration task %s ended %s: %s. Reconcile records every line's outcome.",
+                task_id,
+                state.status,
+                state.message or "no message from AWS",
+            )
+        return {"unit": unit.to_xcom(), "registration": state.to_xcom()}

@@ -1,4 +1,4 @@
-"""Deferrable trigger that waits for an AWS IoT thing registration task to end."""
+"""Deferrable triggers for bulk registration: a task's end, and the account's registration slot freeing."""
 
 from __future__ import annotations
 
@@ -49,6 +49,46 @@ class ThingRegistrationTaskTrigger(AwsBaseWaiterTrigger):
             status_queries=[PROGRESS_QUERY, "message"],
             return_key="task_id",
             return_value=task_id,
+            waiter_delay=waiter_delay,
+            waiter_max_attempts=waiter_max_attempts,
+            aws_conn_id=aws_conn_id,
+            **kwargs,
+        )
+
+
+class RegistrationSlotTrigger(AwsBaseWaiterTrigger):
+    """
+    Poll ListThingRegistrationTasks(status=InProgress) until no task of the account is running.
+
+    AWS runs one registration task per account at a time; a start refused for that waits here, in the
+    triggerer, not in a worker slot. Yields ``{"status": "success", "unit": ...}`` once the slot is free.
+
+    :param unit: the registration unit waiting (named in the log and the event).
+    :param waiter_delay: seconds between polls.
+    :param waiter_max_attempts: polls before giving up.
+    :param aws_conn_id: the Airflow connection used for AWS credentials.
+    """
+
+    aws_hook_class = IotHook
+
+    def __init__(
+        self,
+        *,
+        unit: str,
+        waiter_delay: int = 30,
+        waiter_max_attempts: int = 2880,
+        aws_conn_id: str | None = "aws_default",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            serialized_fields={"unit": unit},
+            waiter_name="registration_slot_free",
+            waiter_args={"status": "InProgress"},
+            failure_message=f"The registration slot did not come free for unit {unit}",
+            status_message=f"Unit {unit} waits for the running registration task",
+            status_queries=["taskIds"],
+            return_key="unit",
+            return_value=unit,
             waiter_delay=waiter_delay,
             waiter_max_attempts=waiter_max_attempts,
             aws_conn_id=aws_conn_id,

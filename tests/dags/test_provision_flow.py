@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from include.records import Batch, Checks, Chunk, ChunkResult, Reconciled, RegistrationUnit, Validated
 from tests.dags.airflow_support import DAGS_DIR
 
 pytestmark = pytest.mark.airflow
@@ -30,74 +31,93 @@ TEMPLATE = json.dumps(
 class FakeDomain:
     """Stand-ins for include.pipeline's stages: record calls, write real parameter files to S3."""
 
-    def __init__(self, chunks: list[dict], devices_per_group: dict[str, int]) -> None:
+    def __init__(self, chunks: int, devices_per_group: dict[str, int]) -> None:
         self.chunks = chunks
         self.devices_per_group = devices_per_group
         self.calls: dict[str, list[Any]] = {}
-        self.tasks: dict[tuple[str, str], str] = {}
-        self.statuses: dict[str, dict] = {}
 
     def _record(self, name: str, value: Any) -> None:
         self.calls.setdefault(name, []).append(value)
 
-    def intake(self, s3, settings, source, *, run_id, product=None, dry_run=False, max_devices=None):
-        self._record("intake", {"source": source, "run_id": run_id, "dry_run": dry_run, "max": max_devices})
-        return {
-            "batch_id": "f" * 64,
-            "run_id": run_id,
-            "source": source,
-            "dry_run": dry_run,
-            "work_prefix": "b/",
-        }
+    def intake(
+        self, s3, settings, source, *, run_id, dag_id=None, product=None, dry_run=False, max_devices=None
+    ):
+        self._record("intake", {"source": source, "run_id": run_id, "dag_id": dag_id, "dry_run": dry_run})
+        return Batch(
+            batch_id="f" * 64, run_id=run_id, source=source, dry_run=dry_run, bucket=BUCKET, work_prefix="b/"
+        )
 
     def validate(self, s3, settings, batch):
-        self._record("validate", batch["batch_id"])
-        return {"rows": 10, "accepted": 9, "quarantined": 1, "reasons": {"invalid_serial": 1}}
+        self._record("validate", batch.batch_id)
+        return Validated(
+            rows=10, accepted=9, quarantined=1, reasons={"invalid_serial": 1}, ignored_columns=[],
+            accepted_key="a", quarantine_key="q",
+        )  # fmt: skip
 
-    def preflight(self, s3, iot, settings, batch, *, ca_certificate_pem=None):
-        self._record("preflight", "BEGIN CERTIFICATE" in (ca_certificate_pem or ""))
-        return {"to_provision": 9, "skipped": 0, "chunks": self.chunks, "dry_run": batch["dry_run"]}
+    def preflight(self, s3, iot, settings, batch, *, ca_certificate_pem=None, is_live=None):
+        self._record("preflight", ("BEGIN CERTIFICATE" in (ca_certificate_pem or ""), is_live("x", None)))
+        chunks = [
+            Chunk(index=i, group="TH-100", unit="TH-100.1", devices=1, first_row=i + 1, last_row=i + 1)
+            for i in range(self.chunks)
+        ]
+        return Checks(
+            accepted=9, to_provision=len(chunks), skipped=0, adopted=0, chunks=chunks, units=[],
+            report_key="p", dry_run=batch.dry_run, problems=[],
+        )  # fmt: skip
 
     def issue_credentials(self, s3, settings, batch, chunk, ca_certificate_pem, ca_private_key_pem):
-        self._record("issue_credentials", chunk["index"])
+        self._record("issue_credentials", chunk.index)
         assert "PRIVATE KEY" in ca_private_key_pem
-        return {"index": chunk["index"], "devices": chunk["stop"] - chunk["start"], "groups": {}}
+        return ChunkResult(
+            index=chunk.index,
+            unit=chunk.unit,
+            devices=1,
+            issued=1,
+            refused=0,
+            bundle_key=None,
+            params_bytes=1,
+        )
 
-    def write_parameter_files(self, s3, settings, batch, chunks):
-        self._record("write_parameter_files", [c["index"] for c in chunks])
-        groups = []
+    def write_parameter_files(self, s3, settings, batch, checks, results):
+        self._record("write_parameter_files", sorted(r.index for r in results))
+        units = []
         for group, count in self.devices_per_group.items():
             lines = "".join(json.dumps({"ThingName": f"{group}-{n}"}) + "\n" for n in range(count))
             s3.put_object(Bucket=BUCKET, Key=f"b/{group}/params.jsonl", Body=lines.encode())
             s3.put_object(Bucket=BUCKET, Key=f"b/{group}/template.json", Body=TEMPLATE.encode())
-            groups.append(
-                {
-                    "group": group,
-                    "lines": count,
-                    "params_key": f"b/{group}/params.jsonl",
-                    "template_key": f"b/{group}/template.json",
-                    "bucket": BUCKET,
-                }
+            units.append(
+                RegistrationUnit(
+                    unit=f"{group}.1",
+                    group=group,
+                    part=1,
+                    lines=count,
+                    chunks=[0],
+                    run_id=batch.run_id,
+                    params_key=f"b/{group}/params.jsonl",
+                    template_key=f"b/{group}/template.json",
+                    bucket=BUCKET,
+                )  # fmt: skip
             )
-        return groups
+        return units
 
-    def registration_task_for(self, settings, batch, group):
-        return self.tasks.get((batch["run_id"], group))
-
-    def record_registration_task(self, settings, batch, group, task_id):
-        self.tasks[(batch["run_id"], group)] = task_id
-
-    def record_registration_status(self, settings, batch, group, registration):
-        self.statuses[group] = dict(registration)
-
-    def reconcile(self, s3, settings, batch, group, registration, results_lines, errors_lines):
+    def reconcile(self, s3, settings, batch, unit, registration, results_lines, errors_lines):
         results, errors = list(results_lines), list(errors_lines)
-        self._record("reconcile", (group["group"], registration["task_id"], len(results), len(errors)))
-        return {"group": group["group"], "provisioned": len(results), "failed": len(errors)}
+        self._record(
+            "reconcile", (unit.unit, registration.task_id, registration.status, len(results), len(errors))
+        )
+        return Reconciled(
+            unit=unit.unit, task_id=registration.task_id, provisioned=len(results), failed=len(errors),
+            offset_mismatches=0,
+        )  # fmt: skip
 
     def summarize(self, s3, settings, batch):
-        self._record("summarize", batch["batch_id"])
-        return {"batch_id": batch["batch_id"], "run_id": batch["run_id"], "rows": 10, "provisioned": 9}
+        self._record("summarize", (batch.batch_id, batch.dry_run))
+        counts = {"provisioned": 9, "failed": 0, "quarantined": 1, "skipped": 0}
+        return {
+            "batch_id": batch.batch_id, "run_id": batch.run_id, "source": batch.source, "rows": 10, **counts,
+            "reasons": {"invalid_serial": 1}, "errors": {}, "durations": {"total_seconds": 1.0, "stages": []},
+            "files": {},
+        }  # fmt: skip
 
 
 @pytest.fixture
@@ -118,18 +138,9 @@ def fake_domain(monkeypatch, fresh_emulator, aws_connection_env, factory_ca_env,
 
     def install(chunks: list[dict], devices_per_group: dict[str, int]) -> FakeDomain:
         fake = FakeDomain(chunks, devices_per_group)
-        for name in (
-            "intake",
-            "validate",
-            "preflight",
-            "issue_credentials",
-            "write_parameter_files",
-            "registration_task_for",
-            "record_registration_task",
-            "record_registration_status",
-            "reconcile",
-            "summarize",
-        ):
+        for name in ("intake", "validate", "preflight", "issue_credentials", "write_parameter_files"):
+            monkeypatch.setattr(pipeline, name, getattr(fake, name))
+        for name in ("reconcile", "summarize"):
             monkeypatch.setattr(pipeline, name, getattr(fake, name))
         return fake
 
@@ -143,39 +154,57 @@ def _states(run) -> dict[str, list[str]]:
     return states
 
 
-def test_two_chunks_two_groups_register_and_reconcile_each(dag, fake_domain, fresh_emulator):
-    fake = fake_domain(
-        [{"index": 0, "start": 0, "stop": 5}, {"index": 1, "start": 5, "stop": 9}], {"TH-100": 3, "GW-200": 2}
-    )
+def test_two_chunks_two_units_register_and_reconcile_each(dag, fake_domain, fresh_emulator):
+    fake = fake_domain(2, {"TH-100": 3, "GW-200": 2})
     run = dag.test(run_conf={"manifest": "s3://factory-provisioning/inbox/a.csv"})
     assert run.state == "success", _states(run)
+    assert fake.calls["intake"][0]["dag_id"] == "provision_factory_batch"
     assert sorted(fake.calls["issue_credentials"]) == [0, 1]
     assert fake.calls["write_parameter_files"] == [[0, 1]]
-    assert fake.calls["preflight"] == [True]
+    # The CA certificate reaches pre-flight, and so does Airflow's answer on other runs (unknown: None).
+    assert fake.calls["preflight"] == [(True, None)]
     reconciled = sorted(fake.calls["reconcile"])
-    assert [(group, results, errors) for group, _, results, errors in reconciled] == [
-        ("GW-200", 2, 0),
-        ("TH-100", 3, 0),
+    assert [(unit, status, results, errors) for unit, _, status, results, errors in reconciled] == [
+        ("GW-200.1", "Completed", 2, 0),
+        ("TH-100.1", "Completed", 3, 0),
     ]
     task_ids = fresh_emulator.client("iot").list_thing_registration_tasks()["taskIds"]
-    assert sorted(task_ids) == sorted(task for _, task, _, _ in reconciled)
-    assert {status["status"] for status in fake.statuses.values()} == {"Completed"}
+    assert sorted(task_ids) == sorted(task for _, task, _, _, _ in reconciled)
+    labels = {ti.task_id: ti.rendered_map_index for ti in run.get_task_instances() if ti.map_index >= 0}
+    assert labels["register"] in ("GW-200.1", "TH-100.1")
+    assert labels["issue_credentials"].startswith("chunk ") and "rows" in labels["issue_credentials"]
 
 
 def test_everything_skipped_still_summarizes(dag, fake_domain, fresh_emulator):
-    fake = fake_domain([], {})
+    fake = fake_domain(0, {})
     run = dag.test(run_conf={"manifest": "s3://factory-provisioning/inbox/a.csv"})
     assert run.state == "success", _states(run)
-    assert fake.calls["summarize"] == ["f" * 64]
+    assert fake.calls["summarize"] == [("f" * 64, False)]
     assert "issue_credentials" not in fake.calls and "reconcile" not in fake.calls
     assert fresh_emulator.client("iot").list_thing_registration_tasks()["taskIds"] == []
 
 
-def test_dry_run_stops_after_preflight(dag, fake_domain):
-    fake = fake_domain([{"index": 0, "start": 0, "stop": 9}], {"TH-100": 9})
+def test_dry_run_skips_the_work_and_still_summarizes(dag, fake_domain):
+    fake = fake_domain(1, {"TH-100": 9})
     run = dag.test(run_conf={"manifest": "/tmp/m.csv", "dry_run": True})
     assert run.state == "success", _states(run)
-    assert "preflight" in fake.calls
-    assert not {"issue_credentials", "write_parameter_files", "reconcile", "summarize"} & set(fake.calls)
+    assert "preflight" in fake.calls and fake.calls["summarize"] == [("f" * 64, True)]
+    assert not {"issue_credentials", "reconcile"} & set(fake.calls)
     states = _states(run)
-    assert states["summarize"] == ["skipped"] and states["register"] == ["skipped"]
+    assert states["register"] == ["skipped"] and states["issue_credentials"] == ["skipped"]
+
+
+def test_an_input_error_fails_at_once_without_retries(dag, fake_domain, monkeypatch):
+    from include import pipeline
+    from include.errors import ManifestError
+
+    fake_domain(1, {})
+
+    def refuse(*args, **kwargs):
+        raise ManifestError("the manifest lacks required column(s) ['model']")
+
+    monkeypatch.setattr(pipeline, "validate", refuse)
+    run = dag.test(run_conf={"manifest": "/tmp/m.csv"})
+    assert run.state == "failed"
+    validate = next(ti for ti in run.get_task_instances() if ti.task_id == "validate")
+    assert str(validate.state) == "failed" and validate.try_number == 1

@@ -130,7 +130,7 @@ def _count(paginator_client: Any, operation: str, key: str) -> int:
 
 
 def _inventory_rows(url: str) -> dict[str, list[dict]]:
-    from include.inventory import engine_for, metadata
+    from include.inventory_schema import engine_for, metadata
 
     engine = engine_for(url)
     with engine.connect() as connection:
@@ -256,7 +256,9 @@ def test_dry_run_stops_after_preflight(pipeline: Pipeline, tmp_path):
     assert run.state == "success", _states(run)
     checks = _xcom(run.run_id, "preflight")
     assert checks["dry_run"] is True and checks["to_provision"] > 0
-    assert _xcom(run.run_id, "summarize") is None
+    summary = _xcom(run.run_id, "summarize")
+    assert summary["dry_run"] and summary["accounted"] and summary["planned"] == checks["to_provision"]
+    assert summary["provisioned"] == 0 and summary["registration_tasks"] == []
     assert _count(pipeline.iot, "list_things", "things") == 0
     assert _count(pipeline.iot, "list_thing_registration_tasks", "taskIds") == 0
     assert rows > checks["to_provision"]
@@ -278,7 +280,7 @@ def test_register_lost_after_start_resumes_the_same_aws_task(
     lost: list[str] = []
 
     def defer_once(self, **kwargs):
-        if not lost and self.registration_group["group"] == "TH-100":  # dies after the id was recorded
+        if not lost and self.unit["group"] == "TH-100":  # dies after the id was recorded
             lost.append(kwargs["trigger"].serialize()[1]["task_id"])
             raise RuntimeError("worker lost")
         return real_defer(self, **kwargs)
@@ -295,20 +297,15 @@ def test_register_lost_after_start_resumes_the_same_aws_task(
     assert len(task_ids) == len(summary["registration_tasks"])  # one per group, never a second start
     assert lost[0] in task_ids
     assert lost[0] in {g["task_id"] for g in summary["registration_tasks"]}
-    # The retry finds the recorded task still running or, if another group's task held the account's
-    # single slot meanwhile, already completed; either way it follows that task instead of starting one.
+    # The retry finds the recorded task (still running, or completed meanwhile) and follows it.
     logs = capfd.readouterr().out + caplog.text
-    assert re.search(
-        rf"Resuming registration task {lost[0]}"
-        rf"|Registration task {lost[0]} for group TH-100 already completed",
-        logs,
-    ), logs[-2000:]
+    assert re.search(rf"Resuming registration task {lost[0]}", logs), logs[-2000:]
 
 
 @pytest.mark.parametrize("inventory_url", ["sqlite"], indirect=True)
-def test_second_registration_waits_for_the_running_one(pipeline: Pipeline, monkeypatch):
-    """AWS (and the emulator) refuse a second task while one runs; the operator backs off and starts after."""
-    from include import pipeline as domain
+def test_second_registration_waits_for_the_running_one(pipeline: Pipeline):
+    """AWS (and the emulator) refuse a second task while one runs; the operator waits for the slot, then
+    starts (here without deferring, so the wait is the registration_slot_free waiter in this process)."""
     from plugins.iot_provisioning.operators import StartThingRegistrationTaskOperator
 
     s3, iot, bucket = pipeline.s3, pipeline.iot, pipeline.settings.bucket
@@ -327,29 +324,23 @@ def test_second_registration_waits_for_the_running_one(pipeline: Pipeline, monke
         inputFileKey="t/first.jsonl",
         roleArn=pipeline.settings.registration_role_arn,
     )["taskId"]
-    recorded: dict[str, str] = {}
-    monkeypatch.setattr(domain, "registration_task_for", lambda settings, batch, group: recorded.get(group))
-    monkeypatch.setattr(
-        domain, "record_registration_task", lambda s, b, g, task_id: recorded.update({g: task_id})
-    )
-    monkeypatch.setattr(domain, "record_registration_status", lambda s, b, g, registration: None)
+    batch = {
+        "batch_id": "b" * 64,
+        "run_id": "manual__t",
+        "source": "m",
+        "bucket": bucket,
+        "work_prefix": "t/",
+    }
+    unit = {
+        "unit": "g.1", "group": "g", "part": 1, "lines": 3, "chunks": [0], "run_id": "manual__t",
+        "params_key": "t/second.jsonl", "template_key": "t/template.json", "bucket": bucket,
+    }  # fmt: skip
     operator = StartThingRegistrationTaskOperator(
-        task_id="register",
-        batch={"batch_id": "b" * 64, "run_id": "manual__t"},
-        registration_group={
-            "group": "g",
-            "lines": 3,
-            "bucket": bucket,
-            "params_key": "t/second.jsonl",
-            "template_key": "t/template.json",
-        },
-        deferrable=False,
-        waiter_delay=1,
-        start_backoff=0.5,
-        botocore_config={"retries": {"mode": "standard", "max_attempts": 1}},  # show our own backoff
+        task_id="register", batch=batch, unit=unit, deferrable=False, waiter_delay=1, slot_delay=1
     )
     result = operator.execute({})
-    assert result["status"] == "Completed" and result["task_id"] == recorded["g"] != first
-    spans = {task: iot.describe_thing_registration_task(taskId=task) for task in (first, result["task_id"])}
+    second = result["registration"]["task_id"]
+    assert result["registration"]["status"] == "Completed" and second != first
+    spans = {task: iot.describe_thing_registration_task(taskId=task) for task in (first, second)}
     assert spans[first]["status"] == "Completed"
-    assert spans[first]["lastModifiedDate"] <= spans[result["task_id"]]["creationDate"]
+    assert spans[first]["lastModifiedDate"] <= spans[second]["creationDate"]

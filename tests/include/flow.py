@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-from include import pipeline
+from include import pipeline, registration
 from include.catalog import load_catalog
 from include.certificate_authority import CertificateAuthority
+from include.inventory import Inventory
 from include.key_bundle import generate_recipient
-from include.reports import download_report_lines
+from include.records import Batch, Reconciled, RegistrationUnit
 from include.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,57 +58,62 @@ def prepare_account(
     )
 
 
-def register_group(iot: Any, s3: Any, settings: Settings, batch: dict, group: dict) -> dict:
-    """Start (or resume) the group's registration task, wait for it, reconcile its reports."""
-    task_id = pipeline.registration_task_for(settings, batch, group["group"])
-    if task_id is None:
-        task_id = iot.start_thing_registration_task(
-            templateBody=pipeline.template_body(s3, settings, group),
-            inputFileBucket=group["bucket"],
-            inputFileKey=group["params_key"],
-            roleArn=settings.registration_role_arn,
-        )["taskId"]
-        pipeline.record_registration_task(settings, batch, group["group"], task_id)
+def register_unit(iot: Any, s3: Any, settings: Settings, batch: Batch, unit: RegistrationUnit) -> Reconciled:
+    """What the register operator and reconcile task do, through the same domain code: start or resume the
+    unit's task (waiting while the account's slot is busy), poll it to its end, reconcile its reports."""
+    inventory = Inventory(settings.inventory_url)
     deadline = time.monotonic() + 120
     while True:
-        task = iot.describe_thing_registration_task(taskId=task_id)
-        if task["status"] not in ("InProgress", "Cancelling") or time.monotonic() > deadline:
+        try:
+            progress = registration.start_or_resume(
+                iot, s3, inventory, batch, unit, settings.registration_role_arn
+            )
             break
-        time.sleep(0.1)
-    registration = {
-        "task_id": task_id,
-        "status": task["status"],
-        "success_count": task.get("successCount", 0),
-        "failure_count": task.get("failureCount", 0),
-        "message": task.get("message"),
-    }
-    pipeline.record_registration_status(settings, batch, group["group"], registration)
-
-    def lines(report_type: str):
-        pages = iot.get_paginator("list_thing_registration_task_reports").paginate(
-            taskId=task_id, reportType=report_type
-        )
-        links = [link for page in pages for link in page.get("resourceLinks", [])]
-        return itertools.chain.from_iterable(download_report_lines(link) for link in links)
-
-    return pipeline.reconcile(s3, settings, batch, group, registration, lines("RESULTS"), lines("ERRORS"))
+        except registration.RegistrationSlotBusy:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    state = progress.registration
+    while state.status not in registration.TERMINAL_STATUSES and time.monotonic() < deadline:
+        time.sleep(0.05)
+        state = registration.describe(iot, state.task_id)
+    registration.record_final(inventory, batch, unit, state)
+    return pipeline.reconcile(
+        s3,
+        settings,
+        batch,
+        unit,
+        state,
+        registration.report_lines(iot, state.task_id, "RESULTS"),
+        registration.report_lines(iot, state.task_id, "ERRORS"),
+    )
 
 
 def run_flow(
-    iot: Any, s3: Any, settings: Settings, ca: CertificateAuthority, source: str, run_id: str, **options: Any
+    iot: Any,
+    s3: Any,
+    settings: Settings,
+    ca: CertificateAuthority,
+    source: str,
+    run_id: str,
+    *,
+    is_live: Any = None,
+    **options: Any,
 ) -> dict:
     """intake -> validate -> preflight -> credentials per chunk -> parameter files -> register -> summary."""
     batch = pipeline.intake(s3, settings, source, run_id=run_id, **options)
     pipeline.validate(s3, settings, batch)
-    checked = pipeline.preflight(s3, iot, settings, batch, ca_certificate_pem=ca.certificate_pem)
+    checks = pipeline.preflight(
+        s3, iot, settings, batch, ca_certificate_pem=ca.certificate_pem, is_live=is_live
+    )
     reconciled = []
-    if not checked["dry_run"]:
-        chunks = [
+    if not checks.dry_run:
+        results = [
             pipeline.issue_credentials(s3, settings, batch, chunk, ca.certificate_pem, ca.private_key_pem())
-            for chunk in checked["chunks"]
+            for chunk in checks.chunks
         ]
-        for group in pipeline.write_parameter_files(s3, settings, batch, chunks):
-            reconciled.append(register_group(iot, s3, settings, batch, group))
+        for unit in pipeline.write_parameter_files(s3, settings, batch, checks, results):
+            reconciled.append(register_unit(iot, s3, settings, batch, unit))
     summary = pipeline.summarize(s3, settings, batch)
-    summary["_batch"], summary["_reconciled"] = batch, reconciled
+    summary["_batch"], summary["_checks"], summary["_reconciled"] = batch, checks, reconciled
     return summary

@@ -1,17 +1,25 @@
-"""The factory CA: issued certificates' fields and extensions, CSR checks, errors that keep secrets."""
+"""The factory CA: device subjects, certificate fields and extensions, CSR checks, secret-keeping errors."""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from include import certificate_authority
-from include.certificate_authority import CertificateAuthority, certificate_id, load_device_csr
+from include.certificate_authority import (
+    CertificateAuthority,
+    certificate_id,
+    load_device_csr,
+    load_device_csr_key,
+)
+from include.certificate_template import DeviceCertificateTemplate, DeviceIssuer
 from include.errors import CertificateAuthorityError, CsrError
 from scripts.generate_manifest import device_csr
 
@@ -30,7 +38,7 @@ def test_device_certificate_from_public_key(ca, monkeypatch):
     assert cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)[0].value == "A1"
     assert cert.issuer == ca.certificate.subject
     assert cert.not_valid_before_utc == fixed - dt.timedelta(minutes=5)
-    assert cert.not_valid_after_utc == fixed + dt.timedelta(days=365 * 20)
+    assert cert.not_valid_after_utc == fixed + dt.timedelta(days=3650)
     assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
     usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
     assert usage.digital_signature and not usage.key_encipherment
@@ -43,12 +51,66 @@ def test_device_certificate_from_public_key(ca, monkeypatch):
     assert cert.public_key() == key.public_key()
 
 
+SUBJECT_CASES = [
+    # thing name, serial -> common name, serialNumber (value, ASN.1 type) or None, SAN URI or None
+    ("TH-100-A1", "A1", "TH-100-A1", ("A1", _ASN1Type.PrintableString), None),
+    ("TH-100-A_1", "A_1", "TH-100-A_1", ("A_1", _ASN1Type.UTF8String), None),
+    ("TH-100-a.b-c", "a.b-c", "TH-100-a.b-c", ("a.b-c", _ASN1Type.PrintableString), None),
+    ("X:" + "s" * 62, "s" * 64, "X:" + "s" * 62, ("s" * 64, _ASN1Type.PrintableString), None),
+    ("T-" + "s" * 65, "s" * 65, None, None, "urn:factory-provisioning:thing:T-" + "s" * 65),
+    ("T_" + "9" * 126, "9_" * 64, None, None, "urn:factory-provisioning:thing:T_" + "9" * 126),
+    ("thing", None, "thing", None, None),
+]
+
+
+def _issued(ca, path, key, thing_name, serial):
+    if path == "builder":
+        return ca.issue_device_certificate(key.public_key(), thing_name, serial)
+    issuer = DeviceIssuer(ca, DeviceCertificateTemplate.for_authority(ca))
+    return x509.load_der_x509_certificate(issuer.issue(key, thing_name, serial))
+
+
+@pytest.mark.parametrize("path", ["builder", "template"])
+@pytest.mark.parametrize(("thing_name", "serial", "common_name", "serial_attribute", "uri"), SUBJECT_CASES)
+def test_subject_rule(ca, path, thing_name, serial, common_name, serial_attribute, uri):
+    """Every thing name and serial the manifest contract allows makes a valid subject (module docstring)."""
+    cert = _issued(ca, path, ec.generate_private_key(ec.SECP256R1()), thing_name, serial)
+    (cn,) = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if common_name is None:  # shortened: 55 characters, "-", 8 hex digits of the name's SHA-256
+        digest = hashlib.sha256(thing_name.encode()).hexdigest()[:8]
+        common_name = f"{thing_name[:55]}-{digest}"
+        assert len(common_name) == 64
+    assert (cn.value, cn._type) == (common_name, _ASN1Type.UTF8String)
+    serials = cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
+    assert [(a.value, a._type) for a in serials] == ([serial_attribute] if serial_attribute else [])
+    assert [a.oid for a in cert.subject] == [NameOID.COMMON_NAME] + [NameOID.SERIAL_NUMBER] * len(serials)
+    if uri is None:
+        with pytest.raises(x509.ExtensionNotFound):
+            cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    else:
+        extension = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        assert not extension.critical
+        assert extension.value.get_values_for_type(x509.UniformResourceIdentifier) == [uri]
+        assert list(cert.extensions)[-1] == extension
+    cert.verify_directly_issued_by(ca.certificate)
+
+
+def test_validity_days_and_the_ca_end(ca, monkeypatch):
+    fixed = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
+    monkeypatch.setattr(certificate_authority, "utcnow", lambda: fixed)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = ca.issue_device_certificate(key.public_key(), "T", validity_days=30)
+    assert cert.not_valid_after_utc == fixed + dt.timedelta(days=30)
+    cert = ca.issue_device_certificate(key.public_key(), "T", validity_days=365 * 100)
+    assert cert.not_valid_after_utc == ca.certificate.not_valid_after_utc  # never past the CA
+    with pytest.raises(ValueError, match="at least 1"):
+        ca.issue_device_certificate(key.public_key(), "T", validity_days=0)
+
+
 def test_serials_are_random_and_ids_are_sha256_of_der(ca):
     key = ec.generate_private_key(ec.SECP256R1())
     one, two = (ca.issue_device_certificate(key.public_key(), "T") for _ in range(2))
     assert one.serial_number != two.serial_number
-    import hashlib
-
     assert certificate_id(one) == hashlib.sha256(one.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
@@ -126,4 +188,7 @@ def test_csr_signed_with_sha256_builder_helper_is_valid():
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
         .sign(key, hashes.SHA384())
     )
-    assert load_device_csr(csr.public_bytes(serialization.Encoding.PEM).decode()).is_signature_valid
+    pem = csr.public_bytes(serialization.Encoding.PEM).decode()
+    assert load_device_csr(pem).is_signature_valid
+    parsed, public_key = load_device_csr_key(pem)
+    assert parsed == csr and public_key == key.public_key()

@@ -6,13 +6,17 @@ import csv
 import io
 import json
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
 from include import pipeline
 from include.certificate_authority import CertificateAuthority
 from include.errors import PreflightError
+from include.inventory import Inventory
 from include.key_bundle import open_bundle
+from include.records import Registration
 from tests.include.flow import SAMPLE, make_settings, prepare_account, run_flow
 
 pytestmark = pytest.mark.timeout(300)
@@ -51,8 +55,8 @@ def test_sample_manifest_twice(fresh_emulator, iot_client, s3_client, tmp_path, 
     assert first["rows"] == 1000
     assert first["quarantined"] == 16 and len(first["reasons"]) == 16
     assert first["provisioned"] == 984 and first["failed"] == 0 and first["skipped"] == 0
-    assert [r["group"] for r in first["_reconciled"]] == ["GW-200", "TH-100"]
-    assert all(r["offset_mismatches"] == 0 for r in first["_reconciled"])  # report offsets = ledger offsets
+    assert [r.unit for r in first["_reconciled"]] == ["GW-200.1", "TH-100.1"]
+    assert all(r.offset_mismatches == 0 for r in first["_reconciled"])  # report offsets = ledger offsets
     assert sum(first[o] for o in ("provisioned", "failed", "quarantined", "skipped")) == first["rows"]
     things = iot_client.get_paginator("list_things").paginate().build_full_result()["things"]
     assert len(things) == 984
@@ -62,16 +66,21 @@ def test_sample_manifest_twice(fresh_emulator, iot_client, s3_client, tmp_path, 
     assert len(certificates) == 984
 
     # Ledger both ways: a row's certificate id in the inventory is the one AWS holds for its thing.
-    batch = first["_batch"]
-    objects = _all_objects(s3_client, settings.bucket, batch["work_prefix"])
-    ledger = [json.loads(line) for line in objects[f"{batch['run_prefix']}ledger.jsonl"].splitlines()]
+    batch, checks = first["_batch"], first["_checks"]
+    objects = _all_objects(s3_client, settings.bucket, batch.files.batch_prefix)
+    ledger = pa.concat_tables(
+        pq.read_table(pa.BufferReader(objects[batch.files.chunk_ledger(c.index)])) for c in checks.chunks
+    ).to_pylist()
+    assert len(ledger) == 984
     entry = next(e for e in ledger if e["model"] == "GW-200")
     principals = iot_client.list_thing_principals(thingName=entry["thing_name"])["principals"]
     assert principals == [f"arn:aws:iot:us-east-1:123456789012:cert/{entry['certificate_id']}"]
-    for group in ("GW-200", "TH-100"):  # reconcile reads its group's own ledger: the same entries
-        own = objects[f"{batch['run_prefix']}ledger/{group}.jsonl"].splitlines()
-        assert [json.loads(line) for line in own] == [e for e in ledger if e["group"] == group]
-        assert [e["line"] for e in ledger if e["group"] == group] == list(range(1, len(own) + 1))
+    outcome = next(
+        o for o in Inventory(inventory_url).outcomes(batch.run_id) if o["manifest_row"] == entry["row"]
+    )
+    assert (outcome["certificate_id"], outcome["unit"]) == (entry["certificate_id"], "GW-200.1")
+    params = objects[batch.files.params("GW-200.1")].splitlines()
+    assert json.loads(params[outcome["param_line"] - 1])["ThingName"] == entry["thing_name"]
 
     # The factory line opens every bundle; together they hold one key per TH-100 device, none for GW-200.
     bundles = [k for k in objects if k.endswith(".fkb")]
@@ -135,8 +144,12 @@ def test_preflight_lists_every_missing_prerequisite(fresh_emulator, iot_client, 
     other = CertificateAuthority.create_development("Another CA")
     with pytest.raises(PreflightError, match="is not registered in AWS IoT"):
         pipeline.preflight(s3_client, iot_client, settings, batch, ca_certificate_pem=other.certificate_pem)
-    report = s3_client.get_object(Bucket=settings.bucket, Key=f"{batch['run_prefix']}preflight.json")
+    report = s3_client.get_object(Bucket=settings.bucket, Key=batch.files.preflight)
     assert json.loads(report["Body"].read())["problems"]
+    # Every accepted row is quarantined with the reason, so the run still accounts for every row.
+    counts = Inventory(settings.inventory_url).outcome_counts(batch.run_id)
+    assert counts == {"quarantined": 1000}
+    assert Inventory(settings.inventory_url).claimed_by(batch.run_id) == {}
 
 
 def test_dry_run_stops_after_preflight_and_still_accounts(
@@ -148,7 +161,9 @@ def test_dry_run_stops_after_preflight_and_still_accounts(
         iot_client, s3_client, settings, ca, str(SAMPLE), "manual__dry", dry_run=True, max_devices=100
     )
     assert summary["dry_run"] and summary["accounted"]
-    assert summary["planned"] == 100 and summary["reasons"]["over_max_devices"] == 884
+    # The cap counts rows validation accepts; the device-CSR checks come after it (two such rows are past
+    # the first 100 accepted ones, so they are among the capped rows).
+    assert summary["planned"] == 100 and summary["reasons"]["over_max_devices"] == 886
     assert summary["provisioned"] == 0
     assert iot_client.list_things()["things"] == []
 
@@ -195,26 +210,27 @@ def test_reconcile_fails_lines_missing_from_the_reports(fresh_emulator, iot_clie
     manifest.write_text("serial_number,model\nA1,TH-100\nA2,TH-100\nA3,TH-100\n")
     batch = pipeline.intake(s3_client, settings, str(manifest), run_id="manual__cancel")
     pipeline.validate(s3_client, settings, batch)
-    checked = pipeline.preflight(
-        s3_client, iot_client, settings, batch, ca_certificate_pem=ca.certificate_pem
-    )
+    checks = pipeline.preflight(s3_client, iot_client, settings, batch, ca_certificate_pem=ca.certificate_pem)
     chunks = [
         pipeline.issue_credentials(s3_client, settings, batch, c, ca.certificate_pem, ca.private_key_pem())
-        for c in checked["chunks"]
+        for c in checks.chunks
     ]
-    (group,) = pipeline.write_parameter_files(s3_client, settings, batch, chunks)
+    (unit,) = pipeline.write_parameter_files(s3_client, settings, batch, checks, chunks)
     error = (
         '{"errorMessage":"com.amazonaws.services.iot.model.ThrottlingException: Rate exceeded '
         "(Service: AWSIot; "
         'Status Code: 400; Error Code: ThrottlingException; Request ID: x; Proxy: null)","lineNumber":2,'
         '"offset":1,"response":null}'
     )
-    registration = {"task_id": "t-1", "status": "Cancelled", "message": "stopped by operator"}
-    result = pipeline.reconcile(s3_client, settings, batch, group, registration, [], [error.encode()])
-    assert (result["provisioned"], result["failed"], result["offset_mismatches"]) == (0, 3, 1)
+    registration = Registration(task_id="t-1", status="Cancelled", message="stopped by operator")
+    result = pipeline.reconcile(s3_client, settings, batch, unit, registration, [], [error.encode()])
+    assert (result.provisioned, result.failed, result.offset_mismatches) == (0, 3, 1)
     summary = pipeline.summarize(s3_client, settings, batch)
     assert summary["accounted"] and summary["errors"] == {"ThrottlingException": 1, "NoReportLine": 2}
-    failed = s3_client.get_object(Bucket=settings.bucket, Key=result["failed_key"])["Body"].read().decode()
+    failed = (
+        s3_client.get_object(Bucket=settings.bucket, Key=summary["files"]["failed"])["Body"].read().decode()
+    )
     assert failed.splitlines() == ["serial_number,model", "A1,TH-100", "A2,TH-100", "A3,TH-100"]
+    assert Inventory(settings.inventory_url).device("TH-100-A2")["status"] == "failed"
     with pytest.raises(Exception, match="names lineNumber 9"):
-        pipeline.reconcile(s3_client, settings, batch, group, registration, [error.replace(":2,", ":9,")], [])
+        pipeline.reconcile(s3_client, settings, batch, unit, registration, [error.replace(":2,", ":9,")], [])

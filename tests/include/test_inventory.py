@@ -1,29 +1,27 @@
-"""The inventory on SQLite and PostgreSQL: idempotent upserts, never demoting a provisioned device."""
+"""The inventory on SQLite and PostgreSQL: claims are atomic, writes idempotent, provisioned never demoted."""
 
 from __future__ import annotations
 
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from include.errors import InventoryError
 from include.inventory import Inventory
+from include.inventory_schema import dispose_engines
+from include.outcomes import CLAIMED, PENDING, PROVISIONED, SKIPPED
+
+BATCH = "b" * 64
 
 
-def _device(status: str, **extra):
-    record = {
-        "thing_name": "TH-100-A1",
-        "model": "TH-100",
-        "serial_number": "A1",
-        "status": status,
-        "thing_arn": None,
-        "certificate_id": None,
-        "certificate_arn": None,
-        "batch_id": "b" * 64,
-        "run_id": "r1",
-        "manifest_row": 1,
-        "registration_task_id": "t",
-        "error_code": None,
-        "error_message": None,
-        "provisioned_at": None,
-    }
-    record.update(extra)
-    return record
+def _requests(count: int, first: int = 1, prefix: str = "TH-100-") -> list[tuple[str, int, str, str]]:
+    return [(f"{prefix}{n}", n, "TH-100", str(n)) for n in range(first, first + count)]
+
+
+def _device(name: str, status: str, row: int = 1) -> tuple:
+    cert = "c" * 64 if status == PROVISIONED else None
+    return (name, "TH-100", name.rsplit("-", 1)[-1], status, "arn:thing", cert, None, row, "task", None, None)
 
 
 def test_batches_and_runs(inventory_url):
@@ -32,107 +30,130 @@ def test_batches_and_runs(inventory_url):
     assert inventory.record_batch("a" * 64, "s3://b/k", "batches/a/manifest.csv", 10) is False
     assert inventory.batch_known("a" * 64) and not inventory.batch_known("c" * 64)
     for _ in range(2):
-        inventory.record_run("r1", "a" * 64, "s3://b/k", product=None, dry_run=True, max_devices=5)
+        inventory.record_run(
+            "r1", "a" * 64, "s3://b/k", dag_id="d", product=None, dry_run=True, max_devices=5
+        )
     assert inventory.count("runs") == 1 and inventory.run("r1")["dry_run"] is True
+    assert inventory.run("r1")["state"] == "running"
     inventory.record_stage("r1", "validate", 0.25, 10)
     inventory.record_stage("r1", "validate", 0.5, 10)
     assert inventory.stage_timings("r1") == [{"stage": "validate", "seconds": 0.5, "devices": 10}]
+    inventory.fail_run("r2", "missing.csv", "SourceError: cannot read manifest file missing.csv")
+    assert inventory.run("r2")["state"] == "failed" and "missing.csv" in inventory.run("r2")["error"]
 
 
-def test_outcomes_upsert_and_count(inventory_url):
+def test_claims_decide_who_provisions_each_device(inventory_url):
     inventory = Inventory(inventory_url)
-    rows = [{"manifest_row": n, "outcome": "pending", "thing_name": f"T{n}"} for n in range(1, 2501)]
-    inventory.record_outcomes("r1", "b", rows)
-    inventory.record_outcomes("r1", "b", rows[:10])  # a retried stage writes the same rows again
-    inventory.update_outcomes(
-        "r1", [{"manifest_row": 1, "outcome": "failed", "reason_code": "X", "reason": "y"}]
+    assert inventory.claim("r1", BATCH, _requests(5)) == {}
+    assert set(inventory.claimed_by("r1")) == {f"TH-100-{n}" for n in range(1, 6)}
+    # Claiming again (a retried pre-flight) is idempotent; another run gets none of them, told why.
+    assert inventory.claim("r1", BATCH, _requests(5)) == {}
+    held = inventory.claim("r2", BATCH, _requests(6))
+    assert sorted(held) == [1, 2, 3, 4, 5] and {h.run_id for h in held.values()} == {"r1"}
+    assert all(h.status == CLAIMED for h in held.values())
+    outcomes = {o["manifest_row"]: o for o in inventory.outcomes("r2")}
+    assert outcomes[6]["outcome"] == PENDING and outcomes[1]["outcome"] == SKIPPED
+    assert outcomes[1]["reason_code"] == "claimed_by_run" and "r1" in outcomes[1]["reason"]
+    # Provisioned devices are skipped; failed ones may be claimed again.
+    inventory.record_devices(
+        "r1", BATCH, [_device("TH-100-1", PROVISIONED, 1), _device("TH-100-2", "failed", 2)]
     )
-    assert inventory.outcome_counts("r1") == {"pending": 2499, "failed": 1}
-    assert inventory.reason_counts("r1", "failed") == {"X": 1}
-    assert inventory.count("row_outcomes") == 2500
-    assert next(inventory.outcomes("r1", "failed"))["thing_name"] == "T1"
-
-
-def test_devices_are_unique_and_never_demoted(inventory_url):
-    inventory = Inventory(inventory_url)
-    inventory.upsert_devices([_device("failed", error_code="ThrottlingException")])
-    assert inventory.provisioned(["TH-100-A1"]) == set()
-    inventory.upsert_devices([_device("provisioned", thing_arn="arn:t", certificate_id="c" * 64)])
-    inventory.upsert_devices(
-        [_device("failed", run_id="r2", error_code="X")]
-    )  # a later failure of the same thing
-    device = inventory.device("TH-100-A1")
-    assert (device["status"], device["thing_arn"], device["run_id"], device["error_code"]) == (
-        "provisioned",
-        "arn:t",
-        "r1",
-        None,
+    held = inventory.claim("r3", BATCH, _requests(2))
+    assert list(held) == [1] and held[1].status == PROVISIONED
+    assert (
+        inventory.device("TH-100-2")["status"] == CLAIMED and inventory.device("TH-100-2")["run_id"] == "r3"
     )
-    assert inventory.provisioned(["TH-100-A1", "TH-100-A2"]) == {"TH-100-A1"}
-    assert inventory.count("devices") == 1
+    outcomes = {o["manifest_row"]: o for o in inventory.outcomes("r3")}
+    assert outcomes[1]["reason_code"] == "already_provisioned" and outcomes[2]["outcome"] == PENDING
 
 
-def test_registration_tasks_resume(inventory_url):
+def test_dry_run_claims_nothing(inventory_url):
     inventory = Inventory(inventory_url)
-    assert inventory.registration_task("b", "r1", "TH-100") is None
-    inventory.record_registration_task("b", "r1", "TH-100", "task-1")
-    inventory.record_registration_status(
-        "b", "r1", "TH-100", {"status": "Completed", "success_count": 3, "failure_count": 1, "message": None}
-    )
-    task = inventory.registration_task("b", "r1", "TH-100")
-    assert (task["task_id"], task["status"], task["success_count"]) == ("task-1", "Completed", 3)
-    assert inventory.registration_task("b", "r2", "TH-100") is None  # another run starts its own task
+    inventory.claim("r1", BATCH, _requests(2))
+    held = inventory.claim("dry", BATCH, _requests(3), dry_run=True)
+    assert sorted(held) == [1, 2]
+    assert set(inventory.claimed_by("r1")) == {"TH-100-1", "TH-100-2"} and inventory.claimed_by("dry") == {}
+    assert inventory.device("TH-100-3") is None
+    assert [o["outcome"] for o in inventory.outcomes("dry")] == [SKIPPED, SKIPPED, PENDING]
 
 
-def test_bulk_writes_across_pages_are_idempotent(inventory_url):
-    """More rows than one write page, written twice, then updated: one row per key, last update wins."""
-    import datetime as dt
-
+def test_transfer_and_release_move_only_claims_the_run_still_holds(inventory_url):
     inventory = Inventory(inventory_url)
-    when = dt.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=dt.UTC)
-    records = [
-        _device(
-            "provisioned" if n % 3 else "failed",
-            thing_name=f"TH-100-S{n}",
-            serial_number=f"S{n}",
-            manifest_row=n,
-            thing_arn=f"arn:t/{n}" if n % 3 else None,
-            provisioned_at=when if n % 3 else None,
-            error_message=None if n % 3 else "100% 'quoted' %s %(x)s ? \\ failure",
+    inventory.claim("dead", BATCH, _requests(4))
+    inventory.record_devices("dead", BATCH, [_device("TH-100-4", PROVISIONED, 4)])
+    assert inventory.transfer_claims("dead", "new", ["TH-100-1", "TH-100-2", "TH-100-4"]) == 2
+    assert inventory.release_claims("dead", ["TH-100-3", "TH-100-1"]) == 1
+    assert inventory.claimed_by("new") == {"TH-100-1": 1, "TH-100-2": 2}
+    assert inventory.claimed_by("dead") == {} and inventory.device("TH-100-3") is None
+    assert inventory.device("TH-100-4")["status"] == PROVISIONED
+
+
+def test_a_device_known_under_another_name_is_not_claimed_twice(inventory_url):
+    inventory = Inventory(inventory_url)
+    inventory.claim("r1", BATCH, [("old-name-7", 1, "TH-100", "7")])
+    held = inventory.claim("r2", BATCH, [("TH-100-7", 1, "TH-100", "7")])
+    assert held[1].other_name == "old-name-7"
+    assert inventory.device("TH-100-7") is None
+    assert next(inventory.outcomes("r2"))["reason_code"] == "known_under_other_name"
+
+
+def test_two_runs_claiming_at_once_split_the_devices(inventory_url):
+    """Claims race in threads with their own connections: every device has exactly one holder."""
+    Inventory(inventory_url)  # tables first
+    requests = _requests(3000)
+    lost: dict[str, dict[int, object]] = {}
+    barrier = threading.Barrier(2)
+
+    def claim(run: str) -> None:
+        inventory = Inventory(inventory_url)
+        barrier.wait()
+        lost[run] = inventory.claim(run, BATCH, list(reversed(requests)) if run == "b" else requests)
+
+    threads = [threading.Thread(target=claim, args=(run,)) for run in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    inventory = Inventory(inventory_url)
+    won = {run: set(inventory.claimed_by(run)) for run in ("a", "b")}
+    assert not won["a"] & won["b"]
+    assert len(won["a"]) + len(won["b"]) == 3000
+    assert len(lost["a"]) == len(won["b"]) and len(lost["b"]) == len(won["a"])
+
+
+def test_device_results_never_demote_a_provisioned_device(inventory_url):
+    inventory = Inventory(inventory_url)
+    inventory.claim("r1", BATCH, _requests(1))
+    inventory.record_devices("r1", BATCH, [_device("TH-100-1", PROVISIONED)])
+    first = inventory.device("TH-100-1")
+    assert first["provisioned_at"] is not None and first["certificate_id"] == "c" * 64
+    inventory.record_devices("r2", BATCH, [_device("TH-100-1", "failed")])
+    assert inventory.device("TH-100-1")["status"] == PROVISIONED
+    assert inventory.device("TH-100-1")["run_id"] == "r1"
+
+
+def test_settled_outcomes_reach_every_real_run_of_the_batch_with_the_row_pending(inventory_url):
+    inventory = Inventory(inventory_url)
+    for run, dry in (("dead", False), ("new", False), ("dry", True)):
+        inventory.record_run(run, BATCH, "m.csv", dry_run=dry)
+        inventory.record_outcomes(
+            run, BATCH, [(1, PENDING, None, None, "TH-100", "1", "TH-100-1", None, None, None)]
         )
-        for n in range(1, 2502)
-    ]
-    inventory.upsert_devices(records)
-    inventory.upsert_devices(records)
-    assert inventory.count("devices") == 2501
-    assert inventory.provisioned(f"TH-100-S{n}" for n in (1, 2, 3)) == {"TH-100-S1", "TH-100-S2"}
-    stored = inventory.device("TH-100-S2")["provisioned_at"]
-    assert (stored if stored.tzinfo else stored.replace(tzinfo=dt.UTC)) == when  # SQLite reads naive UTC
-    assert inventory.device("TH-100-S3")["error_message"] == "100% 'quoted' %s %(x)s ? \\ failure"
-    assert inventory.device("TH-100-S3")["provisioned_at"] is None
-
-    rows = [{"manifest_row": n, "outcome": "pending", "reason": "it's 50%"} for n in range(1, 2502)]
-    assert inventory.record_outcomes("r1", "b", iter(rows)) == 2501  # a generator is fine
-    assert inventory.record_outcomes("r1", "b", rows) == 2501
-    updates = [{"manifest_row": n, "outcome": "provisioned", "certificate_id": "c"} for n in range(1, 2502)]
-    updates.append({"manifest_row": 7, "outcome": "failed", "reason_code": "X", "reason": "100% it's late"})
-    inventory.update_outcomes("r1", updates)
-    assert inventory.outcome_counts("r1") == {"provisioned": 2500, "failed": 1}
-    failed = next(inventory.outcomes("r1", "failed"))
-    assert (failed["manifest_row"], failed["reason"], failed["certificate_id"]) == (7, "100% it's late", None)
-    assert inventory.count("row_outcomes") == 2501
-    assert next(inventory.outcomes("r1", "provisioned"))["updated_at"] is not None
+    inventory.settle_outcomes(
+        BATCH, [(1, PROVISIONED, None, None, None, None, None, "TH-100.1", 1, "c" * 64)]
+    )
+    outcome = {run: next(inventory.outcomes(run)) for run in ("dead", "new", "dry")}
+    assert outcome["dead"]["outcome"] == outcome["new"]["outcome"] == PROVISIONED
+    assert outcome["new"]["unit"] == "TH-100.1" and outcome["new"]["thing_name"] == "TH-100-1"
+    assert outcome["dry"]["outcome"] == PENDING
 
 
-def test_outcome_rows_given_twice_keep_the_last(inventory_url):
-    inventory = Inventory(inventory_url)
-    rows = [
-        {"manifest_row": 1, "outcome": "pending"},
-        {"manifest_row": 1, "outcome": "skipped", "reason": "r"},
-    ]
-    assert inventory.record_outcomes("r1", "b", rows) == 2
-    assert inventory.outcome_counts("r1") == {"skipped": 1}
-    assert inventory.record_outcomes("r1", "b", []) == 0
-    inventory.update_outcomes("r1", [])
-    inventory.upsert_devices([])
-    assert inventory.count("row_outcomes") == 1 and inventory.count("devices") == 0
+def test_an_inventory_of_an_earlier_schema_is_refused_with_what_to_do(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("create table devices (thing_name text primary key)"))
+    engine.dispose()
+    dispose_engines()
+    with pytest.raises(InventoryError, match="earlier schema"):
+        Inventory(url)

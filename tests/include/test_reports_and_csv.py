@@ -6,6 +6,7 @@ import http.server
 import threading
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from include.csv_safety import neutralise, restore, write_csv
@@ -94,8 +95,13 @@ def test_download_streams_lines_over_plain_http():
 @pytest.mark.parametrize("cell", ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx"])
 def test_formula_cells_are_neutralised_and_restored(cell):
     assert neutralise(cell) == "'" + cell
-    assert restore(neutralise(cell)) == cell
+    assert restore(pa.array([neutralise(cell)])).to_pylist() == [cell]
     assert neutralise("plain") == "plain" and neutralise(None) == ""
+
+
+def test_restore_leaves_other_quoted_cells_alone():
+    cells = ["'a", "'", "''=", "plain", "", "'=x"]
+    assert restore(pa.array(cells)).to_pylist() == ["'a", "'", "''=", "plain", "", "=x"]
 
 
 def test_write_csv_neutralises_header_and_cells():

@@ -344,7 +344,7 @@ def _clients(server: EmulatorServer) -> tuple[Any, Any]:
 def test_big_reports_are_split_into_numbered_parts(
     iot_client: Any, s3_client: Any, ca: FactoryCa, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("iot_emulator.bulk.PART_LINES", 2)  # the emulator runs in this process
+    monkeypatch.setattr("iot_emulator.bulk_runner.PART_LINES", 2)  # the emulator runs in this process
     task_id = start(iot_client, s3_client, b"\n".join(device_lines(ca, 5)) + b"\n")
     assert wait(iot_client, task_id)["status"] == "Completed"
     first = iot_client.list_thing_registration_task_reports(

@@ -18,16 +18,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from iot_emulator.backend import IotBackend
 from iot_emulator.errors import IotError
+from iot_emulator.faults import Faults
+from iot_emulator.service import IotService, in_memory_service
+from iot_emulator.state import IotState
 
 NOW = dt.datetime.now(dt.UTC)
 
 
 class InProcessIot:
-    """The backend behind a boto3-like facade: same kwargs, same exception classes and error responses."""
+    """The service behind a boto3-like facade: same kwargs, same exception classes and error responses."""
 
-    def __init__(self, backend: IotBackend) -> None:
+    def __init__(self, backend: IotService) -> None:
         self.backend = backend
         self.exceptions = boto3.client(
             "iot", region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
@@ -50,8 +52,14 @@ class InProcessIot:
 @pytest.fixture(params=["in_process", "http"])
 def iot(request: pytest.FixtureRequest) -> Any:
     if request.param == "in_process":
-        return InProcessIot(IotBackend())
+        return InProcessIot(in_memory_service())
     return request.getfixturevalue("iot_client")
+
+
+def json_round_trip(service: IotService) -> IotService:
+    """A new service on the state saved as JSON and loaded back, as a restart does."""
+    document = json.loads(json.dumps(service.state.to_document()))
+    return IotService(IotState.from_document(document), s3=service.s3, faults=Faults())
 
 
 def unique(prefix: str) -> str:

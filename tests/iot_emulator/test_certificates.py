@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import pickle
 from typing import Any
 
 import pytest
@@ -12,9 +11,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from iot_emulator.backend import IotBackend
+from iot_emulator.service import in_memory_service
 from tests.iot_emulator import test_ca
-from tests.iot_emulator.test_ca import NOW, certificate_id, epoch, issue, make_ca, pem, register_ca, unique
+from tests.iot_emulator.test_ca import (
+    NOW,
+    certificate_id,
+    epoch,
+    issue,
+    json_round_trip,
+    make_ca,
+    pem,
+    register_ca,
+    unique,
+)
 
 iot = test_ca.iot  # the fixture: each test runs in-process and over HTTP
 
@@ -210,8 +219,8 @@ def test_same_csr_twice_gives_two_certificates(iot: Any) -> None:
 
 
 def test_issuer_is_stable_per_account() -> None:
-    first = IotBackend().create_certificate_from_csr(certificateSigningRequest=csr_pem())
-    second = IotBackend().create_certificate_from_csr(certificateSigningRequest=csr_pem())
+    first = in_memory_service().create_certificate_from_csr(certificateSigningRequest=csr_pem())
+    second = in_memory_service().create_certificate_from_csr(certificateSigningRequest=csr_pem())
     issuer_a = x509.load_pem_x509_certificate(first["certificatePem"].encode()).issuer
     issuer_b = x509.load_pem_x509_certificate(second["certificatePem"].encode()).issuer
     assert issuer_a == issuer_b
@@ -365,8 +374,8 @@ def test_delete_unknown_certificate_is_not_found(iot: Any) -> None:
 # ---- persistence ----
 
 
-def test_state_survives_pickling_and_caches_rebuild() -> None:
-    backend = IotBackend()
+def test_state_survives_json_and_caches_rebuild() -> None:
+    backend = in_memory_service()
     key, ca = make_ca()
     code = backend.get_registration_code()["registrationCode"]
     backend.register_ca_certificate(
@@ -374,8 +383,11 @@ def test_state_survives_pickling_and_caches_rebuild() -> None:
     )
     backend.register_certificate(certificatePem=pem(issue(key, ca)))
     backend.create_certificate_from_csr(certificateSigningRequest=csr_pem())
-    restored = pickle.loads(pickle.dumps(backend))
-    assert not any(name.startswith("_rt_ca") or name == "_rt_amazon_ca" for name in restored.__getstate__())
+    assert backend._ca_objects and backend._stand_in_amazon_ca is not None  # caches in use...
+    document = backend.state.to_document()
+    assert "_ca_objects" not in document and "_stand_in_amazon_ca" not in document  # ...never saved
+    restored = json_round_trip(backend)
+    assert not restored._ca_objects and restored._stand_in_amazon_ca is None
     assert restored.get_registration_code() == backend.get_registration_code()
     restored.register_certificate(certificatePem=pem(issue(key, ca)), caCertificatePem=pem(ca))
     issued = restored.create_certificate_from_csr(certificateSigningRequest=csr_pem())

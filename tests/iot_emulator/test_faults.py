@@ -98,8 +98,8 @@ def test_admin_route_round_trip_validation_and_reset(faulty: Any) -> None:
     assert status == 200
     assert (settings["task_line_delay"], settings["fail_lines"], settings["fail_rate"]) == (0.25, [1, 3], 0.1)
     backend = faulty.backend()
-    assert backend._rt_faults is faulty.faults
-    assert backend._rt_faults.fail_lines == {1, 3}
+    assert backend.faults is faulty.faults  # one Faults for the server, every region and its runner
+    assert backend.faults.fail_lines == {1, 3}
     assert admin(faulty.endpoint_url, "POST", {"throttle_rate": 2})[0] == 400
     assert admin(faulty.endpoint_url, "POST", {"no_such_fault": 1})[0] == 400
     status, settings = admin(faulty.endpoint_url, "POST", {"reset": True})

@@ -110,7 +110,7 @@ def test_deleted_objects_stay_deleted(servers: Any) -> None:
 def test_mutations_are_saved_soon_without_a_shutdown(servers: Any, tmp_path: Path) -> None:
     server = servers()
     client(server, "iot").create_thing(thingName="debounced")
-    state = tmp_path / "state" / "iot" / "123456789012-us-east-1.pickle"
+    state = tmp_path / "state" / "iot" / "123456789012-us-east-1.json"
     wait_for(state.exists, timeout=5)
 
 
@@ -138,7 +138,7 @@ def test_admin_reset_clears_the_state_dir(servers: Any, tmp_path: Path) -> None:
     server = servers()
     client(server, "iot").create_thing(thingName="to-clear")
     server.save_now()
-    assert list((tmp_path / "state" / "iot").glob("*.pickle"))
+    assert list((tmp_path / "state" / "iot").glob("*.json"))
     server.reset()
     assert not (tmp_path / "state" / "iot").exists()
     iot = client(server, "iot")

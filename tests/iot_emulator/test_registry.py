@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import pickle
 from typing import Any
 
 import pytest
 
-from iot_emulator.backend import IotBackend
+from iot_emulator.service import in_memory_service
 from tests.iot_emulator import test_ca
-from tests.iot_emulator.test_ca import epoch, unique
+from tests.iot_emulator.test_ca import epoch, json_round_trip, unique
 
 iot = test_ca.iot  # the fixture: each test runs in-process and over HTTP
 
@@ -560,7 +559,7 @@ def test_exclusive_thing_principal(iot: Any) -> None:
 
 
 def test_cross_mixin_helpers() -> None:
-    backend = IotBackend()
+    backend = in_memory_service()
     backend.create_thing(thingName="t1")
     cert = backend.create_keys_and_certificate()
     backend.create_policy(policyName="p1", policyDocument=POLICY)
@@ -572,5 +571,5 @@ def test_cross_mixin_helpers() -> None:
     assert backend._certificate_id_from_arn(cert["certificateArn"]) == cert["certificateId"]
     assert backend._certificate_arn(cert["certificateId"]) == cert["certificateArn"]
     assert backend._certificate_record(cert["certificateId"])["status"] == "INACTIVE"
-    restored = pickle.loads(pickle.dumps(backend))
+    restored = json_round_trip(backend)
     assert restored._principal_thing_names(cert["certificateArn"]) == ["t1"]

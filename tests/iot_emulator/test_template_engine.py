@@ -12,9 +12,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from iot_emulator.backend import IotBackend
 from iot_emulator.errors import IotError
-from iot_emulator.template_engine import compile_template, policy_name_for_document, provision
+from iot_emulator.service import IotService, in_memory_service
+from iot_emulator.template_language import compile_template, policy_name_for_document
+from iot_emulator.template_provisioning import provision
 
 ACCOUNT = "123456789012"
 
@@ -81,8 +82,8 @@ STRING = {"Type": "String"}
 
 
 @pytest.fixture
-def backend() -> IotBackend:
-    b = IotBackend()
+def backend() -> IotService:
+    b = in_memory_service()
     b.create_thing_type(thingTypeName="sensor")
     b.create_thing_group(thingGroupName="line-1")
     b.create_thing_group(thingGroupName="line-2")
@@ -93,7 +94,7 @@ def backend() -> IotBackend:
 
 
 @pytest.fixture
-def ca(backend: IotBackend) -> FactoryCa:
+def ca(backend: IotService) -> FactoryCa:
     ca = FactoryCa()
     code = backend.get_registration_code()["registrationCode"]
     backend.register_ca_certificate(
@@ -204,7 +205,7 @@ def test_template_body_of_exactly_10240_characters_is_accepted() -> None:
 
 
 def evaluate_thing_name(
-    backend: IotBackend, name_node: Any, parameters: dict[str, Any], **sections: Any
+    backend: IotService, name_node: Any, parameters: dict[str, Any], **sections: Any
 ) -> str:
     params = {k: STRING for k in parameters} | sections.pop("declared", {})
     template = compile_template(body({"thing": thing(name_node)}, params, **sections))
@@ -229,12 +230,12 @@ def evaluate_thing_name(
     ],
 )
 def test_intrinsic_functions(
-    backend: IotBackend, node: Any, parameters: dict[str, Any], expected: str
+    backend: IotService, node: Any, parameters: dict[str, Any], expected: str
 ) -> None:
     assert evaluate_thing_name(backend, node, parameters) == expected
 
 
-def test_find_in_map_and_defaults(backend: IotBackend) -> None:
+def test_find_in_map_and_defaults(backend: IotService) -> None:
     mappings = {"Models": {"TH-100": {"prefix": "thermo"}}}
     node = {"Fn::Join": ["_", [{"Fn::FindInMap": ["Models", {"Ref": "Model"}, "prefix"]}, {"Ref": "Serial"}]]}
     declared = {"Model": {"Type": "String", "Default": "TH-100"}}
@@ -248,7 +249,7 @@ def test_find_in_map_and_defaults(backend: IotBackend) -> None:
         )
 
 
-def test_sub_escapes_literal_dollar_braces(backend: IotBackend) -> None:
+def test_sub_escapes_literal_dollar_braces(backend: IotService) -> None:
     # Policy variables must survive Fn::Sub: ${!x} is the literal ${x}.
     document = (
         '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:Connect",'
@@ -267,7 +268,7 @@ def test_sub_escapes_literal_dollar_braces(backend: IotBackend) -> None:
     )
 
 
-def test_missing_parameter_without_default_is_named(backend: IotBackend) -> None:
+def test_missing_parameter_without_default_is_named(backend: IotService) -> None:
     template = compile_template(body({"thing": thing({"Ref": "ThingName"})}, {"ThingName": STRING}))
     with pytest.raises(IotError) as exc:
         provision(backend, template, {})
@@ -277,14 +278,14 @@ def test_missing_parameter_without_default_is_named(backend: IotBackend) -> None
     )
 
 
-def test_select_out_of_range_is_a_precise_error(backend: IotBackend) -> None:
+def test_select_out_of_range_is_a_precise_error(backend: IotService) -> None:
     with pytest.raises(
         IotError, match=r"ThingName.Fn::Select: index 5 is out of range for a list of 2 elements"
     ):
         evaluate_thing_name(backend, {"Fn::Select": ["5", ["a", "b"]]}, {})
 
 
-def test_non_string_parameter_values_are_refused_when_structured(backend: IotBackend) -> None:
+def test_non_string_parameter_values_are_refused_when_structured(backend: IotService) -> None:
     assert evaluate_thing_name(backend, {"Ref": "N"}, {"N": 42}) == "42"
     with pytest.raises(IotError, match="parameter 'N' must be a string, got an object"):
         evaluate_thing_name(backend, {"Ref": "N"}, {"N": {"a": 1}})
@@ -293,7 +294,7 @@ def test_non_string_parameter_values_are_refused_when_structured(backend: IotBac
 # ---------------------------------------------------------------- pseudo-parameters from the certificate
 
 
-def test_certificate_pseudo_parameters(backend: IotBackend, ca: FactoryCa) -> None:
+def test_certificate_pseudo_parameters(backend: IotService, ca: FactoryCa) -> None:
     pem = ca.issue("sensor-77", serial="SN-77", country="DE", org="Acme")
     template = compile_template(
         body(
@@ -323,7 +324,7 @@ def test_certificate_pseudo_parameters(backend: IotBackend, ca: FactoryCa) -> No
     assert principals == [result.resource_arns["cert"]]
 
 
-def test_missing_subject_attribute_is_an_error(backend: IotBackend, ca: FactoryCa) -> None:
+def test_missing_subject_attribute_is_an_error(backend: IotService, ca: FactoryCa) -> None:
     template = compile_template(
         body(
             {
@@ -342,7 +343,7 @@ def test_missing_subject_attribute_is_an_error(backend: IotBackend, ca: FactoryC
 # ---------------------------------------------------------------- resources and OverrideSettings
 
 
-def test_csr_certificate_policy_document_and_existing_policy(backend: IotBackend) -> None:
+def test_csr_certificate_policy_document_and_existing_policy(backend: IotService) -> None:
     document = json.dumps(
         {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:*", "Resource": "*"}]}
     )
@@ -383,7 +384,7 @@ def test_csr_certificate_policy_document_and_existing_policy(backend: IotBackend
     ],
 )
 def test_missing_prerequisites_fail_like_aws_and_create_nothing(
-    backend: IotBackend, ca: FactoryCa, missing: dict[str, Any], message: str
+    backend: IotService, ca: FactoryCa, missing: dict[str, Any], message: str
 ) -> None:
     template = compile_template(
         body(
@@ -418,7 +419,7 @@ def _thing_template(overrides: dict[str, str] | None, **props: Any) -> str:
     ],
 )
 def test_attribute_payload_overrides(
-    backend: IotBackend, action: str | None, expected: dict[str, str]
+    backend: IotService, action: str | None, expected: dict[str, str]
 ) -> None:
     backend.create_thing(thingName="t-1", attributePayload={"attributes": {"a": "1", "b": "old"}})
     overrides = None if action is None else {"AttributePayload": action}
@@ -428,7 +429,7 @@ def test_attribute_payload_overrides(
     assert backend.describe_thing(thingName="t-1")["attributes"] == expected
 
 
-def test_fail_override_refuses_a_different_existing_thing(backend: IotBackend) -> None:
+def test_fail_override_refuses_a_different_existing_thing(backend: IotService) -> None:
     backend.create_thing(thingName="t-1", attributePayload={"attributes": {"a": "1"}})
     same = compile_template(_thing_template({"AttributePayload": "FAIL"}, AttributePayload={"a": "1"}))
     provision(backend, same, {})  # identical: nothing conflicts
@@ -441,7 +442,7 @@ def test_fail_override_refuses_a_different_existing_thing(backend: IotBackend) -
 
 
 @pytest.mark.parametrize(("action", "expected"), [("MERGE", ["line-1", "line-2"]), ("REPLACE", ["line-2"])])
-def test_thing_groups_overrides(backend: IotBackend, action: str, expected: list[str]) -> None:
+def test_thing_groups_overrides(backend: IotService, action: str, expected: list[str]) -> None:
     backend.create_thing(thingName="t-1")
     backend.add_thing_to_thing_group(thingGroupName="line-1", thingName="t-1")
     provision(backend, compile_template(_thing_template({"ThingGroups": action}, ThingGroups=["line-2"])), {})
@@ -449,7 +450,7 @@ def test_thing_groups_overrides(backend: IotBackend, action: str, expected: list
     assert sorted(g["groupName"] for g in groups) == expected
 
 
-def test_thing_type_replace(backend: IotBackend) -> None:
+def test_thing_type_replace(backend: IotService) -> None:
     backend.create_thing(thingName="t-1")
     provision(
         backend, compile_template(_thing_template({"ThingTypeName": "REPLACE"}, ThingTypeName="sensor")), {}
@@ -460,7 +461,7 @@ def test_thing_type_replace(backend: IotBackend) -> None:
 @pytest.mark.parametrize(
     ("action", "expected"), [(None, "ACTIVE"), ("REPLACE", "ACTIVE"), ("DO_NOTHING", "INACTIVE")]
 )
-def test_certificate_status_override(backend: IotBackend, action: str | None, expected: str) -> None:
+def test_certificate_status_override(backend: IotService, action: str | None, expected: str) -> None:
     cert_id = backend.create_certificate_from_csr(certificateSigningRequest=csr_pem())["certificateId"]
     resource: dict[str, Any] = {
         "Type": "AWS::IoT::Certificate",
@@ -474,7 +475,7 @@ def test_certificate_status_override(backend: IotBackend, action: str | None, ex
     assert status == expected
 
 
-def test_same_certificate_twice_is_reused_not_duplicated(backend: IotBackend, ca: FactoryCa) -> None:
+def test_same_certificate_twice_is_reused_not_duplicated(backend: IotService, ca: FactoryCa) -> None:
     template = compile_template(
         body(
             {
@@ -491,7 +492,7 @@ def test_same_certificate_twice_is_reused_not_duplicated(backend: IotBackend, ca
     assert len(backend.list_certificates()["certificates"]) == 1
 
 
-def test_fleet_style_template_uses_the_callers_certificate(backend: IotBackend) -> None:
+def test_fleet_style_template_uses_the_callers_certificate(backend: IotService) -> None:
     issued = backend.create_certificate_from_csr(
         certificateSigningRequest=csr_pem()
     )  # INACTIVE, like MQTT-made

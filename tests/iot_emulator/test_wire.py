@@ -221,7 +221,10 @@ def test_unexpected_exception_is_internal_failure_without_request_body_in_log(
 
     monkeypatch.setattr(fresh_emulator.backend(), "create_thing", broken)
     iot = aws_client("iot", config=NO_RETRIES)
-    with caplog.at_level(logging.ERROR, logger="iot_emulator.server"), pytest.raises(ClientError) as error:
+    with (
+        caplog.at_level(logging.ERROR, logger="iot_emulator.iot_handler"),
+        pytest.raises(ClientError) as error,
+    ):
         iot.create_thing(thingName="boom", attributePayload={"attributes": {"secret": "SECRET-VALUE"}})
     assert error.value.response["Error"]["Code"] == "InternalFailureException"
     assert error.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500

@@ -1,199 +1,128 @@
-"""StartThingRegistrationTaskOperator with the hook mocked: exact requests, resume, retries, completion."""
+"""StartThingRegistrationTaskOperator's branches, with include.registration replaced: start -> defer,
+resume, done, a busy slot -> deferred wait, completion, and a waiter that gave up. The domain calls it makes
+are tested against the emulator in tests/include/test_registration.py; here they are stand-ins."""
 
 from __future__ import annotations
 
 from unittest import mock
 
 import pytest
-from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
-from botocore.exceptions import ClientError
 
-from plugins.iot_provisioning.operators import StartThingRegistrationTaskOperator, _backoff_delays
-from plugins.iot_provisioning.triggers import ThingRegistrationTaskTrigger
+from include import registration
+from include.records import Registration
+from plugins.iot_provisioning.operators import StartThingRegistrationTaskOperator
+from plugins.iot_provisioning.triggers import RegistrationSlotTrigger, ThingRegistrationTaskTrigger
 
-BATCH = {"batch_id": "a" * 64, "run_id": "manual__1"}
-GROUP = {
+BATCH = {"batch_id": "a" * 64, "run_id": "manual__1", "source": "m.csv", "bucket": "b", "work_prefix": "w/"}
+UNIT = {
+    "unit": "TH-100.1",
     "group": "TH-100",
+    "part": 1,
     "lines": 3,
-    "bucket": "factory-provisioning",
-    "params_key": "batches/aaa/TH-100/params.jsonl",
-    "template_key": "batches/aaa/TH-100/template.json",
+    "chunks": [0],
+    "run_id": "manual__1",
+    "params_key": "w/params/TH-100.1.jsonl",
+    "template_key": "w/templates/TH-100.json",
+    "bucket": "b",
 }
 ROLE = "arn:aws:iam::123456789012:role/FactoryBulkRegistration"
 
 
-def _state(task_id: str, status: str, message: str = "") -> dict:
-    return {
-        "task_id": task_id,
-        "status": status,
-        "success_count": 3 if status == "Completed" else 0,
-        "failure_count": 0,
-        "percentage_progress": 100 if status == "Completed" else 40,
-        "message": message,
-    }
-
-
-class Inventory:
-    """Fake of include.pipeline's registration bookkeeping."""
-
-    def __init__(self, recorded: str | None = None) -> None:
-        self.recorded = recorded
-        self.started: list[str] = []
-        self.statuses: list[dict] = []
-
-    def registration_task_for(self, settings, batch, group):
-        assert (batch, group) == (BATCH, "TH-100")
-        return self.recorded
-
-    def record_registration_task(self, settings, batch, group, task_id):
-        self.started.append(task_id)
-        self.recorded = task_id
-
-    def record_registration_status(self, settings, batch, group, registration):
-        self.statuses.append(registration)
+def _state(status: str) -> Registration:
+    return Registration(task_id="t1", status=status, success_count=3 if status == "Completed" else 0)
 
 
 @pytest.fixture
-def inventory(monkeypatch):
-    from include import pipeline
-
-    def install(recorded: str | None = None) -> Inventory:
-        fake = Inventory(recorded)
-        for name in ("registration_task_for", "record_registration_task", "record_registration_status"):
-            monkeypatch.setattr(pipeline, name, getattr(fake, name))
-        return fake
-
-    return install
+def domain(monkeypatch):
+    calls = mock.Mock()
+    monkeypatch.setattr(registration, "start_or_resume", calls.start_or_resume)
+    monkeypatch.setattr(registration, "describe", calls.describe)
+    monkeypatch.setattr(registration, "record_final", calls.record_final)
+    monkeypatch.setattr("airflow.providers.amazon.aws.hooks.s3.S3Hook.get_conn", mock.Mock())
+    return calls
 
 
 @pytest.fixture
-def operator(monkeypatch):
-    monkeypatch.setattr(S3Hook, "read_key", mock.Mock(return_value='{"Resources": {}}'))
+def operator(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIPELINE_INVENTORY_URL", f"sqlite:///{tmp_path / 'inventory.db'}")
     op = StartThingRegistrationTaskOperator(
-        task_id="register", batch=BATCH, registration_group=GROUP, role_arn=ROLE, start_backoff=0.5
+        task_id="register", batch=BATCH, unit=UNIT, role_arn=ROLE, waiter_delay=3, slot_delay=7
     )
     op.hook = mock.Mock()
     return op
 
 
-def test_starts_records_and_defers_with_exact_request(operator, inventory):
-    fake = inventory(None)
-    operator.hook.start_thing_registration_task.return_value = "task-1"
+def test_starts_and_defers_to_the_task_trigger(operator, domain):
+    domain.start_or_resume.return_value = registration.Progress(
+        _state("InProgress"), started=True, resumed=False
+    )
     with pytest.raises(TaskDeferred) as deferred:
         operator.execute({})
-    operator.hook.start_thing_registration_task.assert_called_once_with(
-        template_body='{"Resources": {}}',
-        input_file_bucket="factory-provisioning",
-        input_file_key="batches/aaa/TH-100/params.jsonl",
-        role_arn=ROLE,
-    )
-    S3Hook.read_key.assert_called_once_with(key=GROUP["template_key"], bucket_name=GROUP["bucket"])
-    assert fake.started == ["task-1"]
+    iot, _s3, _inventory, batch, unit, role = domain.start_or_resume.call_args.args
+    assert iot is operator.hook.conn and (batch.run_id, unit.unit, role) == ("manual__1", "TH-100.1", ROLE)
     trigger = deferred.value.trigger
-    assert isinstance(trigger, ThingRegistrationTaskTrigger)
-    assert deferred.value.method_name == "execute_complete"
-    assert trigger.serialize()[1]["task_id"] == "task-1"
+    assert (
+        isinstance(trigger, ThingRegistrationTaskTrigger) and deferred.value.method_name == "execute_complete"
+    )
+    assert trigger.serialize()[1]["task_id"] == "t1" and trigger.serialize()[1]["waiter_delay"] == 3
 
 
-def test_resumes_a_recorded_task_that_still_runs_without_starting_another(operator, inventory):
-    fake = inventory("task-0")
-    operator.hook.describe_thing_registration_task.return_value = _state("task-0", "InProgress")
+def test_a_task_that_already_ended_is_finished_without_waiting(operator, domain):
+    domain.start_or_resume.return_value = registration.Progress(
+        _state("Completed"), started=False, resumed=True
+    )
+    domain.describe.return_value = _state("Completed")
+    result = operator.execute({})
+    assert result["registration"]["status"] == "Completed" and result["unit"]["unit"] == "TH-100.1"
+    domain.record_final.assert_called_once()
+
+
+def test_a_busy_slot_defers_to_the_slot_trigger_and_comes_back_to_start(operator, domain):
+    domain.start_or_resume.side_effect = registration.RegistrationSlotBusy("LimitExceededException")
     with pytest.raises(TaskDeferred) as deferred:
         operator.execute({})
-    operator.hook.start_thing_registration_task.assert_not_called()
-    assert fake.started == []
-    assert deferred.value.trigger.serialize()[1]["task_id"] == "task-0"
-
-
-def test_a_recorded_completed_task_is_reused(operator, inventory):
-    fake = inventory("task-0")
-    operator.hook.describe_thing_registration_task.return_value = _state("task-0", "Completed")
-    result = operator.execute({})
-    operator.hook.start_thing_registration_task.assert_not_called()
-    assert result["task_id"] == "task-0" and result["status"] == "Completed"
-    assert result["registration_group"] == GROUP and result["group"] == "TH-100"
-    assert fake.statuses[-1]["status"] == "Completed"
-
-
-def test_a_recorded_failed_task_is_replaced_by_a_new_one(operator, inventory):
-    fake = inventory("task-0")
-    operator.hook.describe_thing_registration_task.return_value = _state("task-0", "Failed", "bad template")
-    operator.hook.start_thing_registration_task.return_value = "task-2"
-    with pytest.raises(TaskDeferred):
-        operator.execute({})
-    assert fake.started == ["task-2"]
-
-
-def _client_error(code: str) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": "Rate exceeded"}}, "StartThingRegistrationTask")
-
-
-def test_throttled_start_is_retried_with_backoff(operator, inventory, monkeypatch):
-    inventory(None)
-    sleeps: list[float] = []
-    monkeypatch.setattr("plugins.iot_provisioning.operators.time.sleep", sleeps.append)
-    operator.hook.start_thing_registration_task.side_effect = [
-        _client_error("ThrottlingException"),
-        _client_error("LimitExceededException"),
-        "task-3",
-    ]
-    with pytest.raises(TaskDeferred):
-        operator.execute({})
-    assert operator.hook.start_thing_registration_task.call_count == 3
-    assert sleeps == [0.5, 1.0]
-
-
-def test_retries_are_bounded(operator, inventory, monkeypatch):
-    inventory(None)
-    monkeypatch.setattr("plugins.iot_provisioning.operators.time.sleep", lambda _: None)
-    operator.hook.start_thing_registration_task.side_effect = _client_error("ThrottlingException")
-    with pytest.raises(ClientError):
-        operator.execute({})
-    assert operator.hook.start_thing_registration_task.call_count == operator.start_attempts
-
-
-def test_other_errors_are_not_retried(operator, inventory):
-    inventory(None)
-    operator.hook.start_thing_registration_task.side_effect = _client_error("InvalidRequestException")
-    with pytest.raises(ClientError):
-        operator.execute({})
-    assert operator.hook.start_thing_registration_task.call_count == 1
-
-
-def test_execute_complete_returns_counts_and_records_status(operator, inventory):
-    fake = inventory("task-1")
-    operator.hook.describe_thing_registration_task.return_value = _state("task-1", "Completed")
-    result = operator.execute_complete({}, {"status": "success", "task_id": "task-1"})
-    assert result["success_count"] == 3 and result["task_id"] == "task-1"
-    assert fake.statuses == [_state("task-1", "Completed")]
-
-
-@pytest.mark.parametrize("status", ["Failed", "Cancelled"])
-def test_execute_complete_fails_with_aws_message(operator, inventory, status):
-    fake = inventory("task-1")
-    operator.hook.describe_thing_registration_task.return_value = _state(
-        "task-1", status, "Access denied reading s3://factory-provisioning/x"
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, RegistrationSlotTrigger) and deferred.value.method_name == "execute_after_slot"
+    assert trigger.serialize()[1] == {
+        "unit": "TH-100.1",
+        "waiter_delay": 7,
+        "waiter_max_attempts": 8640,
+        "aws_conn_id": "aws_default",
+    }
+    domain.start_or_resume.side_effect = None
+    domain.start_or_resume.return_value = registration.Progress(
+        _state("InProgress"), started=True, resumed=False
     )
-    with pytest.raises(AirflowException, match=f"ended {status}: Access denied reading s3://"):
-        operator.execute_complete({}, {"status": "error", "task_id": "task-1", "message": "waiter"})
-    assert fake.statuses[-1]["status"] == status
+    with pytest.raises(TaskDeferred) as again:
+        operator.execute_after_slot({}, {"status": "success", "unit": "TH-100.1"})
+    assert isinstance(again.value.trigger, ThingRegistrationTaskTrigger)
 
 
-def test_execute_complete_without_event_fails():
-    op = StartThingRegistrationTaskOperator(task_id="r", batch=BATCH, registration_group=GROUP)
-    with pytest.raises(AirflowException, match="event is None"):
-        op.execute_complete({}, None)
+@pytest.mark.parametrize("status", ["Completed", "Failed", "Cancelled"])
+def test_execute_complete_returns_every_ended_task_for_reconcile(operator, domain, status):
+    domain.describe.return_value = _state(status)
+    result = operator.execute_complete(
+        {}, {"status": "success" if status == "Completed" else "error", "task_id": "t1"}
+    )
+    assert result["registration"]["status"] == status
+    assert domain.record_final.call_args.args[3].status == status
+
+
+def test_a_task_still_running_when_the_waiter_gave_up_fails_this_try(operator, domain):
+    domain.describe.return_value = _state("InProgress")
+    with pytest.raises(AirflowException, match="still InProgress.*resumes it"):
+        operator.execute_complete({}, {"status": "error", "task_id": "t1", "message": "max attempts"})
+    domain.record_final.assert_not_called()
+
+
+def test_execute_complete_without_event_fails(operator, domain):
+    with pytest.raises(AirflowException):
+        operator.execute_complete({}, None)
 
 
 def test_init_does_no_io_and_declares_template_fields():
-    with mock.patch.object(S3Hook, "read_key") as read_key:
-        op = StartThingRegistrationTaskOperator(task_id="r", batch=BATCH, registration_group=GROUP)
-    read_key.assert_not_called()
-    assert {"batch", "registration_group", "role_arn", "aws_conn_id"} <= set(op.template_fields)
-    assert op.deferrable is True
-
-
-def test_backoff_doubles_and_caps():
-    assert _backoff_delays(5, 10) == [10, 20, 40, 60]
-    assert _backoff_delays(1, 10) == []
+    with mock.patch.object(registration, "start_or_resume") as start:
+        op = StartThingRegistrationTaskOperator(task_id="register", batch=BATCH, unit=UNIT)
+    start.assert_not_called()
+    assert {"batch", "unit", "role_arn"} <= set(op.template_fields)

@@ -87,3 +87,22 @@ def test_run_gives_up_after_max_attempts_with_one_error_event(attempts):
     )
     assert len(events) == 1 and events[0].payload["status"] == "error"
     assert "max attempts" in events[0].payload["message"]
+
+
+def test_slot_trigger_is_configuration_and_yields_one_event_when_the_slot_is_free():
+    from plugins.iot_provisioning.triggers import RegistrationSlotTrigger
+
+    trigger = RegistrationSlotTrigger(
+        unit="TH-100.2", waiter_delay=5, waiter_max_attempts=9, aws_conn_id="aws_x"
+    )
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "plugins.iot_provisioning.triggers.RegistrationSlotTrigger"
+    assert kwargs == {"unit": "TH-100.2", "waiter_delay": 5, "waiter_max_attempts": 9, "aws_conn_id": "aws_x"}
+    waiter = mock.MagicMock()
+    busy = WaiterError(
+        name="registration_slot_free", reason="Max attempts exceeded", last_response={"taskIds": ["t"]}
+    )
+    waiter.wait = mock.AsyncMock(side_effect=[busy, None])
+    events = _run(RegistrationSlotTrigger(unit="TH-100.2", waiter_delay=0, waiter_max_attempts=5), waiter)
+    assert [event.payload for event in events] == [{"status": "success", "unit": "TH-100.2"}]
+    waiter.wait.assert_awaited_with(status="InProgress", WaiterConfig={"MaxAttempts": 1})

@@ -6,7 +6,6 @@ import pytest
 
 from scripts.bootstrap import BootstrapError, ensure_development_ca, main
 from scripts.generate_manifest import rows
-from scripts.run_local import dry_run_summary
 
 
 def test_missing_ca_is_an_error_unless_a_development_ca_is_wanted(tmp_path):
@@ -28,14 +27,36 @@ def test_unreachable_endpoint_is_one_line_not_a_traceback(tmp_path, monkeypatch,
     assert error.startswith("bootstrap failed against http://127.0.0.1:9") and error.count("\n") == 1
 
 
-def test_dry_run_summary_accounts_every_row():
-    batch = {"batch_id": "b" * 64, "run_id": "manual__1", "source": "m.csv", "bucket": "bkt"}
-    validation = {"rows": 10, "quarantined": 2, "reasons": {"invalid_mac": 2}, "quarantine_key": "q.csv"}
-    checks = {"skipped": 3, "to_provision": 5, "problems": [], "report_key": "preflight.json"}
-    summary = dry_run_summary(batch, validation, checks)
-    assert (summary["provisioned"], summary["failed"], summary["planned"]) == (0, 0, 5)
-    assert summary["accounted"] and summary["dry_run"]
-    assert dry_run_summary(batch, validation, {**checks, "to_provision": 4})["accounted"] is False
+@pytest.mark.airflow
+@pytest.mark.timeout(600)
+def test_make_run_on_a_refused_manifest_says_why_and_still_ends_with_the_summary(tmp_path):
+    """The `make run` path on a file that is not UTF-8: no retries, the reason, one JSON line last."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    manifest = tmp_path / "latin1.csv"
+    manifest.write_bytes("serial_number,model,factory\nA1,TH-100,Zürich\n".encode("latin-1"))
+    env = {**os.environ, "STATE_DIR": str(tmp_path / "state")}
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.run_local", "--manifest", str(manifest)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    elapsed = time.monotonic() - started
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "FAILED" in done.stderr and "not UTF-8" in done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["rows"] == 0 and summary["accounted"] is True
+    assert "not UTF-8" in summary["error"] and "byte 0xfc" in summary["error"]
+    log = next((tmp_path / "state" / "logs").glob("dag-run-*.log")).read_text()
+    assert "up_for_retry" not in log  # refused at once: a retry cannot make the file UTF-8
+    assert elapsed < 240
 
 
 def test_generated_serials_start_where_asked():

@@ -1,0 +1,254 @@
+"""The inventory's tables (SQLAlchemy Core), its engines, and bulk loading into a staging table.
+
+SQLite by default, PostgreSQL by URL. Bulk writes load rows into a temporary staging table (executemany of a
+compiled INSERT on SQLite, COPY on PostgreSQL) and then change the real tables with one set-based statement
+each, so a million rows cost a few microseconds each and every change is one atomic statement.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from include.errors import InventoryError
+
+SCHEMA_VERSION = 2
+LOAD_BATCH = 5000
+
+metadata = sa.MetaData()
+
+inventory_meta = sa.Table(
+    "inventory_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+batches = sa.Table(
+    "batches",
+    metadata,
+    sa.Column("batch_id", sa.String(64), primary_key=True, comment="SHA-256 of the manifest bytes"),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("manifest_key", sa.Text, nullable=False),
+    sa.Column("manifest_bytes", sa.BigInteger, nullable=False),
+    sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("run_id", sa.String(250), primary_key=True),
+    sa.Column("batch_id", sa.String(64), index=True, comment="empty when the manifest could not be read"),
+    sa.Column("dag_id", sa.String(250), comment="the Airflow DAG that ran it (liveness is asked there)"),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("product", sa.String(128)),
+    sa.Column("dry_run", sa.Boolean, nullable=False, default=False),
+    sa.Column("max_devices", sa.Integer),
+    sa.Column("rows", sa.Integer),
+    sa.Column("state", sa.String(16), nullable=False, comment="running, finished, failed or abandoned"),
+    sa.Column("error", sa.Text, comment="why the run failed, when it did (never key material)"),
+    sa.Column("adopted_by", sa.String(250), comment="the run that resumed this abandoned run's work"),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("summary", sa.JSON),
+)
+
+stage_timings = sa.Table(
+    "stage_timings",
+    metadata,
+    sa.Column("run_id", sa.String(250), primary_key=True),
+    sa.Column("stage", sa.String(64), primary_key=True),
+    sa.Column("seconds", sa.Float, nullable=False),
+    sa.Column("devices", sa.Integer),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+registration_tasks = sa.Table(
+    "registration_tasks",
+    metadata,
+    sa.Column("run_id", sa.String(250), primary_key=True),
+    sa.Column("unit", sa.String(160), primary_key=True, comment="group.part: one StartThingRegistrationTask"),
+    sa.Column("batch_id", sa.String(64), nullable=False, index=True),
+    sa.Column("group_name", sa.String(128), nullable=False),
+    sa.Column("task_id", sa.String(40), comment="empty between the intent and AWS's answer"),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("success_count", sa.Integer),
+    sa.Column("failure_count", sa.Integer),
+    sa.Column("message", sa.Text),
+    sa.Column("spec", sa.JSON, nullable=False, comment="the RegistrationUnit (files, chunks, lines)"),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("thing_name", sa.String(128), primary_key=True),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("serial_number", sa.String(128), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, comment="claimed, provisioned or failed"),
+    sa.Column("thing_arn", sa.Text),
+    sa.Column("certificate_id", sa.String(64)),
+    sa.Column("certificate_arn", sa.Text),
+    sa.Column("batch_id", sa.String(64), nullable=False),
+    sa.Column("run_id", sa.String(250), nullable=False, comment="the run that holds or last changed it"),
+    sa.Column("manifest_row", sa.Integer, nullable=False),
+    sa.Column("registration_task_id", sa.String(40)),
+    sa.Column("error_code", sa.String(128)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("claimed_at", sa.DateTime(timezone=True)),
+    sa.Column("provisioned_at", sa.DateTime(timezone=True)),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_devices_model_serial", "model", "serial_number"),
+    sa.Index("ix_devices_run_status", "run_id", "status"),
+)
+
+row_outcomes = sa.Table(
+    "row_outcomes",
+    metadata,
+    sa.Column("run_id", sa.String(250), primary_key=True),
+    sa.Column("manifest_row", sa.Integer, primary_key=True),
+    sa.Column("batch_id", sa.String(64), nullable=False, index=True),
+    sa.Column("model", sa.Text),
+    sa.Column("serial_number", sa.Text),
+    sa.Column("thing_name", sa.String(128)),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("reason_code", sa.String(64), comment="quarantine or skip reason, or AWS error code"),
+    sa.Column("reason", sa.Text),
+    sa.Column("unit", sa.String(160), comment="registration unit (group.part) of the row's device"),
+    sa.Column("param_line", sa.Integer, comment="1-based line in the unit's parameter file"),
+    sa.Column("certificate_id", sa.String(64)),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_row_outcomes_run_outcome", "run_id", "outcome"),
+)
+
+_engines: dict[str, Engine] = {}
+
+
+def engine_for(url: str) -> Engine:
+    """One engine per URL per process; tables created on first use (idempotent on both dialects)."""
+    engine = _engines.get(url)
+    if engine is None:
+        engine = _engines[url] = _create_engine(url)
+    return engine
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection and forget the engines (tests; processes about to fork)."""
+    while _engines:
+        _engines.popitem()[1].dispose()
+
+
+def _create_engine(url: str) -> Engine:
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(connection: Any, _record: Any) -> None:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+    else:
+        engine = sa.create_engine(url, pool_pre_ping=True)
+    _create_tables(engine, url)
+    return engine
+
+
+def _create_tables(engine: Engine, url: str) -> None:
+    existing = set(sa.inspect(engine).get_table_names())
+    if "devices" in existing and "inventory_meta" not in existing:
+        raise InventoryError(
+            f"the inventory at {engine.url.render_as_string(hide_password=True)} has an earlier schema; this "
+            f"version needs schema {SCHEMA_VERSION}: start a new inventory (for the local default, delete "
+            "$STATE_DIR/inventory.db)"
+        )
+    try:
+        metadata.create_all(engine)
+    except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):
+        metadata.create_all(engine)  # another worker created them at the same moment; they exist now
+    with engine.begin() as connection:
+        connection.execute(
+            insert_for(engine, inventory_meta)
+            .values(key="schema_version", value=str(SCHEMA_VERSION))
+            .on_conflict_do_nothing()
+        )
+        found = connection.execute(
+            sa.select(inventory_meta.c.value).where(inventory_meta.c.key == "schema_version")
+        ).scalar_one()
+    if found != str(SCHEMA_VERSION):
+        raise InventoryError(
+            f"the inventory has schema {found}; this version of the pipeline reads schema {SCHEMA_VERSION}"
+        )
+
+
+def insert_for(engine: Engine | Connection, table: sa.Table) -> Any:
+    """The dialect's INSERT (both have ON CONFLICT)."""
+    return (postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def staging_table(name: str, columns: Sequence[tuple[str, Any]]) -> sa.Table:
+    """A temporary table of this connection: (name, SQLAlchemy type) columns, the first one the key."""
+    return sa.Table(
+        name,
+        sa.MetaData(),
+        *(sa.Column(column, kind, primary_key=i == 0) for i, (column, kind) in enumerate(columns)),
+        prefixes=["TEMPORARY"],
+    )
+
+
+def stage(connection: Connection, table: sa.Table, rows: Iterable[Sequence[Any]]) -> int:
+    """Create the temporary table (empty), load rows (tuples in column order) into it; returns the count."""
+    table.drop(connection, checkfirst=True)
+    table.create(connection)
+    if connection.dialect.name == "postgresql":
+        return _copy(connection, table, rows)
+    statement = str(table.insert().compile(dialect=connection.dialect))
+    count, batch = 0, []
+    for row in rows:
+        batch.append(tuple(row))
+        if len(batch) == LOAD_BATCH:
+            connection.exec_driver_sql(statement, batch)
+            count += len(batch)
+            batch = []
+    if batch:
+        connection.exec_driver_sql(statement, batch)
+        count += len(batch)
+    return count
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy(connection: Connection, table: sa.Table, rows: Iterable[Sequence[Any]]) -> int:
+    """COPY ... FROM STDIN in PostgreSQL's text format (one round trip per few MB, not per row)."""
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    columns = ", ".join(f'"{c.name}"' for c in table.columns)
+    count = 0
+    buffer = io.StringIO()
+
+    def flush() -> None:
+        buffer.seek(0)
+        cursor.copy_expert(f'COPY "{table.name}" ({columns}) FROM STDIN', buffer)
+        buffer.seek(0)
+        buffer.truncate()
+
+    for row in rows:
+        buffer.write("\t".join("\\N" if v is None else str(v).translate(_COPY_ESCAPES) for v in row) + "\n")
+        count += 1
+        if count % (LOAD_BATCH * 10) == 0:
+            flush()
+    if buffer.tell():
+        flush()
+    cursor.close()
+    return count
