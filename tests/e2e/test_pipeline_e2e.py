@@ -344,3 +344,55 @@ def test_second_registration_waits_for_the_running_one(pipeline: Pipeline):
     spans = {task: iot.describe_thing_registration_task(taskId=task) for task in (first, second)}
     assert spans[first]["status"] == "Completed"
     assert spans[first]["lastModifiedDate"] <= spans[second]["creationDate"]
+
+
+@pytest.mark.parametrize("inventory_url", ["sqlite"], indirect=True)
+def test_every_serial_the_contract_allows_is_provisioned_or_refused_precisely(pipeline: Pipeline, tmp_path):
+    """Serials with '_', thing names over 64 characters, device CSRs and non-ASCII attribute values: each row
+    provisioned, or quarantined with its reason, and the run never fails (quarantine.csv read by header)."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from scripts.generate_manifest import device_csr
+
+    long_serial = "L" + "0123456789" * 12  # 121 characters: the thing name is exactly 128
+    too_long = "X" * 128  # a valid serial whose thing name (TH-100-...) exceeds 128
+    rows = [
+        ("TH_0001_a", "TH-100", "SZX-1", ""),
+        (long_serial, "TH-100", "SZX-1", ""),
+        (too_long, "TH-100", "SZX-1", ""),
+        ("GW_0002_b", "GW-200", "SZX-1", device_csr("GW_0002_b")),
+        ("TH-0003", "TH-100", "Zürich", ""),
+    ]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["serial_number", "model", "factory", "csr"])
+    writer.writerows(rows)
+    manifest = tmp_path / "serials.csv"
+    manifest.write_text(out.getvalue(), encoding="utf-8")
+
+    run, summary = pipeline.run(manifest)
+    assert run.state == "success", _states(run)
+    _assert_accounted(summary, 5)
+    assert (summary["provisioned"], summary["quarantined"]) == (3, 2)
+    assert summary["reasons"] == {"thing_name_too_long": 1, "invalid_attribute_value": 1}
+    for thing in ("TH-100-TH_0001_a", f"TH-100-{long_serial}", "GW-200-GW_0002_b"):
+        (principal,) = pipeline.iot.list_thing_principals(thingName=thing)["principals"]
+        pem = pipeline.iot.describe_certificate(certificateId=principal.rsplit("/", 1)[-1])
+        certificate = x509.load_pem_x509_certificate(pem["certificateDescription"]["certificatePem"].encode())
+        common_name = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        assert len(common_name) <= 64
+        if len(thing) > 64:
+            san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            assert any(
+                str(uri).endswith(thing) for uri in san.get_values_for_type(x509.UniformResourceIdentifier)
+            )
+        else:
+            assert common_name == thing
+    quarantine = pipeline.s3.get_object(Bucket=pipeline.settings.bucket, Key=summary["files"]["quarantine"])
+    refused = list(csv.DictReader(io.StringIO(quarantine["Body"].read().decode("utf-8-sig"))))
+    assert {(r["manifest_row"], r["reason_code"]) for r in refused} == {
+        ("3", "thing_name_too_long"),
+        ("5", "invalid_attribute_value"),
+    }
+    assert next(r for r in refused if r["manifest_row"] == "5")["factory"] == "Zürich"
