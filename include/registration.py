@@ -9,6 +9,7 @@ ended Failed or Cancelled is reconciled as it is, never started again: a new run
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -139,3 +140,46 @@ def record_final(inventory: Inventory, batch: Batch, unit: RegistrationUnit, sta
 
 def _spec(unit: RegistrationUnit, task_id: str | None) -> dict[str, Any]:
     return unit.model_copy(update={"task_id": task_id}).to_xcom()
+
+
+def run_to_end(
+    iot: Any,
+    s3: Any,
+    inventory: Inventory,
+    batch: Batch,
+    unit: RegistrationUnit,
+    role_arn: str,
+    *,
+    poll: float = 0.25,
+    timeout: float = 3600.0,
+    on_progress: Any = None,
+) -> Registration:
+    """Register a unit in this process (no Airflow): wait for the slot, start or resume, poll to the end.
+
+    What the register operator does deferred; the benchmark and the tests use it. `on_progress(state)` is
+    called about every five seconds while the task runs.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            progress = start_or_resume(iot, s3, inventory, batch, unit, role_arn)
+            break
+        except RegistrationSlotBusy:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(poll)
+    state, noted = progress.registration, time.monotonic()
+    started = time.monotonic()
+    while state.status not in TERMINAL_STATUSES:
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"registration task {state.task_id} of unit {unit.unit} is still {state.status}"
+            )
+        if on_progress is not None and time.monotonic() - noted >= 5:
+            noted = time.monotonic()
+            on_progress(state)
+        # Small tasks end within a second: poll often at first, then gently (each describe costs a call).
+        time.sleep(min(poll, 0.02) if time.monotonic() - started < 2 else poll)
+        state = describe(iot, state.task_id)
+    record_final(inventory, batch, unit, state)
+    return state

@@ -4,10 +4,12 @@ Generates one manifest of N devices (TH-100 with pipeline-made keys, plus the de
 device CSRs), starts the emulator in-process on a free loopback port, bootstraps the account into a
 temporary state dir, then calls the stages of include/pipeline.py directly and in order: intake, validate,
 preflight, credentials per chunk (chunks one after another, each on settings.workers processes),
-parameter files, one bulk registration task per group (started, polled until it ends), reconcile, summary.
-Airflow is not used: scheduling costs per task, not per device. The floor (ECDSA P-256 key generation +
-one signature by the P-256 CA + PEM of certificate and key) is timed single-core on min(N, 5000) devices in
-the same process, and every stage is compared with it times the cores that stage uses.
+parameter files, one bulk registration task per unit (include.registration, as the register operator),
+reconcile, summary. Airflow is not used: scheduling costs per task, not per device. The floor (ECDSA P-256
+key generation + one raw signature over a TBS of the real size + PEM of key and certificate) is timed on
+one core in the same process, and every stage is compared with it times the cores that stage uses. The
+pipeline side (every stage but the emulator's registration) is set beside the credentials floor time on
+all cores, and the peak memory of all processes is sampled.
 
     python -m scripts.bench [--devices N] [--workers W] [--chunk-size C] [--keep]
 
@@ -17,9 +19,9 @@ Progress goes to stderr; stdout gets the table, then one JSON line with every fi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as dt
-import itertools
 import json
 import os
 import platform
@@ -27,30 +29,30 @@ import resource
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
+import psutil
 
-from include import pipeline
+from include import pipeline, registration
 from include.credentials import MIN_DEVICES_PER_WORKER
-from include.reports import download_report_lines
+from include.inventory import Inventory
 from include.settings import Settings
-from iot_emulator.server import EmulatorServer
 from scripts.bench_floor import Floor, device_csr_floor, own_key_floor
 from scripts.bootstrap import bootstrap
 from scripts.generate_manifest import HEADER, rows
+from scripts.run_local import emulator
 
 REGION = "us-east-1"
 FLOOR_DEVICES = 5000
 CSR_FLOOR_DEVICES = 1000
-# Poll often at first (small tasks end within a second), then gently (each describe takes the GIL).
-POLL_FAST, POLL_SLOW, FAST_FOR = 0.02, 0.25, 2.0
 REGISTRATION_TIMEOUT = 3600.0
+EXCLUDED_PIDS: set[int] = set()  # the emulator's processes
 _STARTED = time.perf_counter()
 
 
@@ -105,14 +107,58 @@ class _Timing:
 
 
 def cpu_seconds() -> float:
-    """CPU time of this process and of its children that ended (pool workers are joined per chunk)."""
+    """CPU time of this process and of all its children (the credential pool lives across chunks)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     return own.ru_utime + own.ru_stime + children_cpu_seconds()
 
 
 def children_cpu_seconds() -> float:
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return children.ru_utime + children.ru_stime
+    """Children that ended (RUSAGE_CHILDREN) plus the ones still running (the worker pool), but the
+    emulator's: it stands for AWS."""
+    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+    alive = 0.0
+    for child in psutil.Process().children(recursive=True):
+        if child.pid in EXCLUDED_PIDS:
+            continue
+        try:
+            times = child.cpu_times()
+        except psutil.Error:
+            continue
+        alive += times.user + times.system
+    return ended.ru_utime + ended.ru_stime + alive
+
+
+class MemoryPeak:
+    """The peak of the resident memory of this process and its children together, sampled every 0.1 s.
+
+    RSS summed over processes counts pages they share (libraries, forked copy-on-write memory) once per
+    process, so the figure is an upper bound of what the machine really gave them.
+    """
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> MemoryPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for process in (me, *me.children(recursive=True)):
+                try:
+                    total += process.memory_info().rss
+                except psutil.Error:
+                    continue
+            self.peak = max(self.peak, total)
+            self._stop.wait(0.1)
 
 
 def machine() -> dict[str, Any]:
@@ -170,30 +216,6 @@ def aws_environment(endpoint_url: str, state_dir: Path) -> None:
     )
 
 
-def wait_for_task(iot: Any, task_id: str, group: str) -> dict[str, Any]:
-    started = time.monotonic()
-    deadline = started + REGISTRATION_TIMEOUT
-    last_note = time.monotonic()
-    while True:
-        task = iot.describe_thing_registration_task(taskId=task_id)
-        if task["status"] not in ("InProgress", "Cancelling"):
-            return task
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"registration task {task_id} ({group}) still {task['status']}")
-        if time.monotonic() - last_note >= 5:
-            last_note = time.monotonic()
-            note(f"register[{group}]: {task.get('percentageProgress', 0)}%")
-        time.sleep(POLL_FAST if time.monotonic() - started < FAST_FOR else POLL_SLOW)
-
-
-def report_lines(iot: Any, task_id: str, report_type: str) -> Iterator[bytes]:
-    pages = iot.get_paginator("list_thing_registration_task_reports").paginate(
-        taskId=task_id, reportType=report_type
-    )
-    links = [link for page in pages for link in page.get("resourceLinks", [])]
-    return itertools.chain.from_iterable(download_report_lines(link) for link in links)
-
-
 def run_pipeline(
     watch: Stopwatch,
     iot: Any,
@@ -204,60 +226,62 @@ def run_pipeline(
     ca_pem: str,
     ca_key_pem: str,
 ) -> dict[str, Any]:
-    """Every stage in order, as the DAG runs them; returns the batch summary."""
+    """Every stage in order, as the DAG runs them (registration through include.registration); the summary."""
+    inventory = Inventory(settings.inventory_url)
     run_id = f"bench-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
     with watch("intake", row_count):
         batch = pipeline.intake(s3, settings, str(manifest), run_id=run_id)
     with watch("validate", row_count):
         validated = pipeline.validate(s3, settings, batch)
-    with watch("preflight") as stage:
-        checked = pipeline.preflight(s3, iot, settings, batch, ca_certificate_pem=ca_pem)
-        stage.devices = validated["accepted"]
-    chunks = []
-    processes = 1
-    with watch("credentials") as stage:
-        for chunk in checked["chunks"]:
-            size = chunk["stop"] - chunk["start"]
-            processes = max(processes, min(settings.workers, size // MIN_DEVICES_PER_WORKER))
-            chunks.append(pipeline.issue_credentials(s3, settings, batch, chunk, ca_pem, ca_key_pem))
-            stage.devices += size
-            done = f"{chunk['index'] + 1}/{len(checked['chunks'])}"
-            note(f"credentials: chunk {done} ({stage.devices:,} devices)")
-        stage.cores = processes
-    with watch("parameter files") as stage:
-        groups = pipeline.write_parameter_files(s3, settings, batch, chunks)
-        stage.devices = sum(g["lines"] for g in groups)
-    for group in groups:
-        name = group["group"]
-        with watch(f"register[{name}]", group["lines"]):
-            task_id = iot.start_thing_registration_task(
-                templateBody=pipeline.template_body(s3, settings, group),
-                inputFileBucket=group["bucket"],
-                inputFileKey=group["params_key"],
-                roleArn=settings.registration_role_arn,
-            )["taskId"]
-            pipeline.record_registration_task(settings, batch, name, task_id)
-            task = wait_for_task(iot, task_id, name)
-        registration = {
-            "task_id": task_id,
-            "status": task["status"],
-            "success_count": task.get("successCount", 0),
-            "failure_count": task.get("failureCount", 0),
-            "message": task.get("message"),
-        }
-        pipeline.record_registration_status(settings, batch, name, registration)
-        with watch(f"reconcile[{name}]", group["lines"]):
+    with watch("preflight", validated.accepted):
+        checks = pipeline.preflight(s3, iot, settings, batch, ca_certificate_pem=ca_pem)
+    results = []
+    with watch("credentials", checks.to_provision, cores=settings.workers) as stage:
+        for chunk in checks.chunks:
+            results.append(pipeline.issue_credentials(s3, settings, batch, chunk, ca_pem, ca_key_pem))
+            note(f"credentials: chunk {chunk.index + 1}/{len(checks.chunks)}")
+        if checks.to_provision // max(1, len(checks.chunks)) < MIN_DEVICES_PER_WORKER * settings.workers:
+            stage.cores = 1  # chunks this small run inline (include.credentials)
+    with watch("parameter files", checks.to_provision):
+        units = pipeline.write_parameter_files(s3, settings, batch, checks, results)
+    for unit in units:
+        with watch(f"register[{unit.unit}]", unit.lines):
+            state = registration.run_to_end(
+                iot,
+                s3,
+                inventory,
+                batch,
+                unit,
+                settings.registration_role_arn,
+                timeout=REGISTRATION_TIMEOUT,
+                on_progress=lambda s, u=unit.unit: note(f"register[{u}]: {s.percentage_progress}%"),
+            )
+        with watch(f"reconcile[{unit.unit}]", unit.lines):
             pipeline.reconcile(
                 s3,
                 settings,
                 batch,
-                group,
-                registration,
-                report_lines(iot, task_id, "RESULTS"),
-                report_lines(iot, task_id, "ERRORS"),
+                unit,
+                state,
+                registration.report_lines(iot, state.task_id, "RESULTS"),
+                registration.report_lines(iot, state.task_id, "ERRORS"),
             )
-    with watch("summarize", validated["rows"]):
+    with watch("summarize", validated.rows):
         return pipeline.summarize(s3, settings, batch)
+
+
+def pipeline_side_figures(stages: list[Stage], devices: int, floor_rate: float, peak: int) -> dict[str, Any]:
+    """Wall time of every stage but the emulator's registration, beside the credentials floor on all cores."""
+    cores = os.cpu_count() or 1
+    seconds = sum(s.seconds for s in stages if not s.name.startswith("register["))
+    floor_seconds = devices / (floor_rate * cores)
+    return {
+        "seconds": round(seconds, 3),
+        "cores": cores,
+        "credentials_floor_seconds": round(floor_seconds, 3),
+        "x_credentials_floor_time": round(seconds / floor_seconds, 3),
+        "peak_rss_mb": round(peak / 2**20, 1),
+    }
 
 
 def figures(stage: Stage, floor: Floor) -> dict[str, Any]:
@@ -352,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--chunk-size must be at least 1")
 
     work = Path(tempfile.mkdtemp(prefix="iot-bench-"))
-    server: EmulatorServer | None = None
+    stack = contextlib.ExitStack()
     try:
         local_state = work / "state"
         overrides: dict[str, Any] = {
@@ -369,17 +393,18 @@ def main(argv: list[str] | None = None) -> int:
         note(f"generating a manifest of {args.devices:,} devices in {work}")
         models, csrs = write_manifest(manifest, args.devices, args.gw_share, args.bad_rows, args.seed)
 
-        server = EmulatorServer("127.0.0.1", 0).start()
-        aws_environment(server.endpoint_url, local_state)
-        note(f"emulator at {server.endpoint_url}; bootstrapping the account")
-        account = bootstrap(
-            endpoint_url=server.endpoint_url, local_state=local_state, settings=settings, region=REGION
-        )
+        # The emulator in a process of its own, as AWS is elsewhere: its work is not the pipeline's CPU.
+        (work / "logs").mkdir()
+        endpoint = stack.enter_context(emulator(work, work / "logs", note))
+        EXCLUDED_PIDS.update(p.pid for p in psutil.Process().children(recursive=True))
+        aws_environment(endpoint, local_state)
+        note(f"emulator at {endpoint}; bootstrapping the account")
+        account = bootstrap(endpoint_url=endpoint, local_state=local_state, settings=settings, region=REGION)
         ca_pem = Path(account["ca_certificate"]).read_text()
         ca_key_pem = Path(account["ca_key"]).read_text()
         session = boto3.session.Session(region_name=REGION)
-        iot = session.client("iot", endpoint_url=server.endpoint_url)
-        s3 = session.client("s3", endpoint_url=server.endpoint_url)
+        iot = session.client("iot", endpoint_url=endpoint)
+        s3 = session.client("s3", endpoint_url=endpoint)
 
         floor_devices = min(args.devices, FLOOR_DEVICES)
         note(f"crypto floor on {floor_devices:,} devices, one core")
@@ -394,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
 
         watch = Stopwatch()
         started, cpu_started = time.perf_counter(), cpu_seconds()
-        summary = run_pipeline(watch, iot, s3, settings, manifest, args.devices, ca_pem, ca_key_pem)
+        with MemoryPeak() as memory:
+            summary = run_pipeline(watch, iot, s3, settings, manifest, args.devices, ca_pem, ca_key_pem)
         total = Stage(
             "end to end",
             args.devices,
@@ -431,6 +457,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"credentials vs this manifest's mix floor ({csr_share:.0%} device CSRs) on "
                 f"{credentials.cores} cores: {credentials.per_second / (mix * credentials.cores):.2f} × floor"
             )
+        pipeline_side = pipeline_side_figures(
+            watch.stages, args.devices, mix or floor.per_second, memory.peak
+        )
+        print(
+            f"pipeline side (every stage but the emulator's registration): {pipeline_side['seconds']:.1f} s "
+            "= "
+            f"{pipeline_side['x_credentials_floor_time']:.2f} × the credentials floor time on "
+            f"{pipeline_side['cores']} cores ({pipeline_side['credentials_floor_seconds']:.1f} s); "
+            f"peak memory (RSS of all processes, summed) {pipeline_side['peak_rss_mb']:,.0f} MB"
+        )
         print(
             json.dumps(
                 {
@@ -443,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
                     "floor_device_csr": csr_floor.as_dict() if csr_floor else None,
                     "floor_mix_devices_per_s": round(mix, 1) if mix else None,
                     "stages": rows_,
+                    "pipeline_side": pipeline_side,
                     "outcome": {
                         k: summary[k]
                         for k in ("provisioned", "failed", "quarantined", "skipped", "accounted")
@@ -454,8 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0 if summary["accounted"] else 1
     finally:
-        if server is not None:
-            server.stop()
+        stack.close()
         if args.keep:
             note(f"kept {work}")
         else:

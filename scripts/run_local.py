@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -94,7 +94,7 @@ def stop_group(process: subprocess.Popen, grace: float = 10.0) -> None:
 
 
 @contextmanager
-def emulator(state_dir: Path, logs: Path) -> Iterator[str]:
+def emulator(state_dir: Path, logs: Path, report: Callable[[str], None] = say) -> Iterator[str]:
     """The emulator on a free loopback port, its state persisted under state_dir/emulator."""
     port = free_port()
     log_path = logs / "emulator.log"
@@ -112,12 +112,12 @@ def emulator(state_dir: Path, logs: Path) -> Iterator[str]:
     endpoint = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(f"{endpoint}/_emulator/health", process, log_path)
-        say(f"emulator up at {endpoint} (state {state_dir / 'emulator'})")
+        report(f"emulator up at {endpoint} (state {state_dir / 'emulator'})")
         yield endpoint
     finally:
         stop_group(process)
         log_file.close()
-        say("emulator stopped")
+        report("emulator stopped")
 
 
 def airflow_env(state_dir: Path, endpoint: str) -> dict[str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -59,25 +58,11 @@ def prepare_account(
 
 
 def register_unit(iot: Any, s3: Any, settings: Settings, batch: Batch, unit: RegistrationUnit) -> Reconciled:
-    """What the register operator and reconcile task do, through the same domain code: start or resume the
-    unit's task (waiting while the account's slot is busy), poll it to its end, reconcile its reports."""
+    """What the register operator and reconcile task do, through the same domain code."""
     inventory = Inventory(settings.inventory_url)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            progress = registration.start_or_resume(
-                iot, s3, inventory, batch, unit, settings.registration_role_arn
-            )
-            break
-        except registration.RegistrationSlotBusy:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-    state = progress.registration
-    while state.status not in registration.TERMINAL_STATUSES and time.monotonic() < deadline:
-        time.sleep(0.05)
-        state = registration.describe(iot, state.task_id)
-    registration.record_final(inventory, batch, unit, state)
+    state = registration.run_to_end(
+        iot, s3, inventory, batch, unit, settings.registration_role_arn, poll=0.05, timeout=120
+    )
     return pipeline.reconcile(
         s3,
         settings,
