@@ -187,9 +187,6 @@ class Broker:
         if task is not None:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        sock = writer.get_extra_info("socket")
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(6, 1, 1)  # TCP_NODELAY: small request/response packets, no Nagle delay
         session: Session | None = None
         try:
             session = await self._open(reader, writer)
@@ -197,6 +194,8 @@ class Broker:
                 await self._serve(reader, session)
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError):
             pass
+        except Exception:  # a bug must cost one connection, never the broker
+            log.exception("MQTT connection failed")
         finally:
             if session is not None:
                 self._closed(session)

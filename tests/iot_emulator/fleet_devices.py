@@ -10,6 +10,7 @@ open at the same time, each waiting on its own futures.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from awsiot import iotidentity, mqtt5_client_builder, mqtt_connection_builder
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 TIMEOUT = 30.0
 
@@ -162,6 +164,35 @@ def new_csr() -> tuple[str, str]:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     return csr.public_bytes(serialization.Encoding.PEM).decode(), private.decode()
+
+
+def make_certificate(
+    subject: str, issuer: tuple[Any, Any] | None = None, ca: bool = False
+) -> tuple[Any, Any]:
+    """(key, certificate): self-signed, or signed by ``issuer`` (key, certificate)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    signer_key, signer = issuer if issuer else (key, None)
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(signer.subject if signer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .sign(signer_key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def credentials_of(key: Any, cert: Any) -> Credentials:
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return Credentials(cert.public_bytes(serialization.Encoding.PEM).decode(), private.decode())
 
 
 @dataclass

@@ -17,7 +17,14 @@ import pytest
 from awsiot import iotidentity
 
 from tests.iot_emulator.conftest import FLEET_TEMPLATE, Fleet
-from tests.iot_emulator.fleet_devices import ConnectRefused, Credentials, DeviceConnection, new_csr
+from tests.iot_emulator.fleet_devices import (
+    ConnectRefused,
+    Credentials,
+    DeviceConnection,
+    credentials_of,
+    make_certificate,
+    new_csr,
+)
 
 PROTOCOLS = pytest.mark.parametrize("mqtt5_protocol", [False, True], ids=["mqtt-3.1.1", "mqtt-5"])
 HOOK_ARN = "arn:aws:lambda:us-east-1:123456789012:function:check-serial"
@@ -297,7 +304,9 @@ def test_a_rejected_device_keeps_a_certificate_that_cannot_connect(fleet: Fleet)
         return keys
 
     keys = asyncio.run(scenario())
-    description = fleet.iot.describe_certificate(certificateId=keys.certificate_id)["certificateDescription"]
+    description = fleet.iot.describe_certificate(certificateId=keys.certificate_id)[
+        "certificateDescription"
+    ]
     assert description["status"] == "PENDING_ACTIVATION"
 
 
@@ -345,12 +354,12 @@ def test_a_hook_sees_aws_input_and_its_overrides_win(
     keys, registered = _provision_hooked(fleet, hooked_template, "from-device", claim)
     assert registered.thing_name == "sensor-from-hook"
     [event] = events
-    claim_id = fleet.iot.describe_provisioning_template(templateName=hooked_template)["templateArn"]
+    template_arn = fleet.iot.describe_provisioning_template(templateName=hooked_template)["templateArn"]
     assert event == {
         "claimCertificateId": _certificate_id(claim.certificate_pem),
         "certificateId": keys.certificate_id,
         "certificatePem": keys.certificate_pem,
-        "templateArn": claim_id,
+        "templateArn": template_arn,
         "clientId": "claimed-device",
         "parameters": {"SerialNumber": "from-device"},
     }
@@ -362,7 +371,9 @@ def _certificate_id(pem: str) -> str:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    return hashlib.sha256(x509.load_pem_x509_certificate(pem.encode()).public_bytes(Encoding.DER)).hexdigest()
+    return hashlib.sha256(
+        x509.load_pem_x509_certificate(pem.encode()).public_bytes(Encoding.DER)
+    ).hexdigest()
 
 
 @pytest.mark.parametrize(
@@ -479,50 +490,14 @@ def test_expired_claims_and_certificates_not_active_are_refused(
         assert reasons == [NOT_AUTHORIZED] * 3
 
 
-def _certificate(subject: str, issuer: tuple[Any, Any] | None = None, ca: bool = False) -> tuple[Any, Any]:
-    """(key, certificate): self-signed, or signed by ``issuer`` (key, certificate)."""
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    signer_key, signer = issuer if issuer else (key, None)
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(signer.subject if signer else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .sign(signer_key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def _credentials(key: Any, cert: Any) -> Credentials:
-    from cryptography.hazmat.primitives import serialization
-
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return Credentials(cert.public_bytes(serialization.Encoding.PEM).decode(), private.decode())
-
-
 def test_certificates_of_issuers_registered_while_running_connect(fleet: Fleet) -> None:
-    ca = _certificate("factory CA", ca=True)
-    device = _certificate("device-1", issuer=ca)
-    own = _certificate("self-signed device")
-    stranger = _certificate("unknown device", issuer=_certificate("unknown CA", ca=True))
-    ca_pem = _credentials(*ca).certificate_pem
-    registered = _credentials(*device)
-    without_ca = _credentials(*own)
+    ca = make_certificate("factory CA", ca=True)
+    device = make_certificate("device-1", issuer=ca)
+    own = make_certificate("self-signed device")
+    stranger = make_certificate("unknown device", issuer=make_certificate("unknown CA", ca=True))
+    ca_pem = credentials_of(*ca).certificate_pem
+    registered = credentials_of(*device)
+    without_ca = credentials_of(*own)
 
     async def connect(credentials: Credentials) -> None:
         connection = await DeviceConnection.open(
@@ -537,4 +512,4 @@ def test_certificates_of_issuers_registered_while_running_connect(fleet: Fleet) 
     fleet.iot.register_certificate_without_ca(certificatePem=without_ca.certificate_pem, status="ACTIVE")
     asyncio.run(connect(registered))
     asyncio.run(connect(without_ca))
-    asyncio.run(_refused(fleet, _credentials(*stranger), False))  # an issuer nobody registered: TLS fails
+    asyncio.run(_refused(fleet, credentials_of(*stranger), False))  # an issuer nobody registered: TLS fails
