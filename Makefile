@@ -11,7 +11,7 @@ DAG ?=
 CONF ?=
 export STATE_DIR
 
-.PHONY: venv run dag test bench lint format lock emulator clean
+.PHONY: venv run dag test bench lint format lock emulator clean cluster cluster-stop
 
 $(VENV)/.installed: requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,7 +45,15 @@ lock: venv
 	$(VENV)/bin/uv pip compile requirements.txt --python-version 3.11 -o requirements.lock
 
 emulator: venv
-	$(PY) -m iot_emulator --host 127.0.0.1 --port 4566 --state-dir $(STATE_DIR)/emulator
+	$(PY) -m iot_emulator --host 127.0.0.1 --port 4566 --mqtt-port 8883 --state-dir $(STATE_DIR)/emulator
+
+# The docker-compose services as processes on this machine's PostgreSQL and Redis (docs/deployment.md)
+WORKERS ?= 2
+cluster: venv
+	$(PY) -m scripts.cluster up --workers $(WORKERS)
+
+cluster-stop: venv
+	$(PY) -m scripts.cluster down
 
 clean:
 	rm -rf $(VENV) .local .pytest_cache

@@ -37,14 +37,15 @@ import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from plugins.iot_provisioning.connections import AWS_CONN_ID, REGISTRATION_POOL
+from plugins.iot_provisioning.notifications import BatchEndNotifier
 from plugins.iot_provisioning.operators import StartThingRegistrationTaskOperator
 
 DAG_ID = "provision_factory_batch"
-SAMPLE_MANIFEST = str(Path(__file__).resolve().parent.parent / "data" / "sample" / "manifest.csv")
 BUCKET = os.environ.get("PIPELINE_BUCKET", "factory-provisioning")
 log = logging.getLogger(__name__)
 # Seconds between polls of the deferred register task (its AWS task, or the account's registration slot).
 REGISTRATION_POLL_SECONDS = int(os.environ.get("PIPELINE_REGISTRATION_POLL_SECONDS", "10"))
+FORM_SECTION = "Run Parameters"
 PROVISIONED_BATCHES = Asset(name="provisioned_factory_batches", uri=f"s3://{BUCKET}/provisioned-batches")
 
 
@@ -62,9 +63,10 @@ def _catalog_models() -> list[str]:
 
 
 def _settings() -> Any:
-    from include.settings import Settings
+    """Variable factory_pipeline and connection factory_inventory, then PIPELINE_* variables."""
+    from plugins.iot_provisioning.settings_source import pipeline_settings
 
-    return Settings.from_env()
+    return pipeline_settings()
 
 
 def _s3() -> Any:
@@ -110,7 +112,7 @@ def preflight(batch: dict, ti: Any = None) -> dict:
     """IoT prerequisites, then claims: what is provisioned or held elsewhere, what a dead run left, chunks."""
     from include import pipeline
     from include.records import Batch
-    from plugins.iot_provisioning.connections import aws_clients, factory_ca_certificate
+    from plugins.iot_provisioning.connections import acm_pca_client, aws_clients, factory_ca_certificate
     from plugins.iot_provisioning.run_state import airflow_liveness, fail_fast_on_input_errors
 
     record = Batch.of(batch)
@@ -123,6 +125,7 @@ def preflight(batch: dict, ti: Any = None) -> dict:
             record,
             ca_certificate_pem=factory_ca_certificate(),
             is_live=airflow_liveness(ti, DAG_ID),
+            acm_pca=acm_pca_client(AWS_CONN_ID),
         )
     return checks.to_xcom()
 
@@ -144,15 +147,23 @@ def issue_credentials(batch: dict, chunk: dict) -> dict:
     """Keys and certificates for one chunk of devices, signed by the factory CA."""
     from include import pipeline
     from include.records import Batch, Chunk
-    from plugins.iot_provisioning.connections import factory_ca_pems
+    from plugins.iot_provisioning.connections import acm_pca_client, aws_clients, factory_ca_pems
     from plugins.iot_provisioning.run_state import fail_fast_on_input_errors
 
     record, part = Batch.of(batch), Chunk.of(chunk)
     get_current_context()["chunk_label"] = part.label
     certificate_pem, private_key_pem = factory_ca_pems()
+    s3, iot = aws_clients(AWS_CONN_ID)
     with fail_fast_on_input_errors(record.run_id, record.source):
         result = pipeline.issue_credentials(
-            _s3(), _settings(), record, part, certificate_pem, private_key_pem
+            s3,
+            _settings(),
+            record,
+            part,
+            certificate_pem,
+            private_key_pem,
+            iot=iot,
+            acm_pca=acm_pca_client(AWS_CONN_ID),
         )
     return result.to_xcom()
 
@@ -225,43 +236,55 @@ def summarize(batch: dict, reconciled: list[dict], outlet_events: Any = None) ->
     catchup=False,
     max_active_runs=4,
     tags=["iot", "provisioning", "factory"],
+    # Who hears of a batch's end is configuration (Variable factory_notifications), not code.
+    on_success_callback=BatchEndNotifier(state="success"),
+    on_failure_callback=BatchEndNotifier(state="failed"),
     default_args={
         "retries": 2,
         "retry_delay": timedelta(seconds=15),
         "retry_exponential_backoff": True,
         "execution_timeout": timedelta(hours=2),
     },
+    # Airflow 3.3's trigger form opens only its default section, "Run Parameters", and starts every other
+    # section collapsed: every field here matters, so all of them are in that one.
     params={
         "manifest": Param(
-            SAMPLE_MANIFEST,
+            # The inbox, to be completed with the manifest's name: no path of any one machine. (A Param
+            # without a default breaks dag.test() once the DAG has callbacks: Airflow 3.3 builds their
+            # context from the task's params before the run's conf.)
+            f"s3://{BUCKET}/inbox/",
             type="string",
             minLength=1,
             title="Manifest",
-            description="The batch's CSV manifest: an s3://bucket/key URI or a path readable by the workers.",
-            section="Batch",
+            section=FORM_SECTION,
+            description=(
+                "The batch's CSV manifest: an s3://bucket/key URI (complete the inbox's with the file "
+                f"name, for example s3://{BUCKET}/inbox/batch-0042.csv) or a path every worker can read."
+            ),
         ),
         "product": Param(
             None,
             type=["null", "string"],
             enum=[None, *_catalog_models()],
+            values_display={None: "Each row's own model"},
             title="Product override",
-            description="Treat every row as this catalog model (e.g. TH-100); empty keeps each row's model.",
-            section="Batch",
+            section=FORM_SECTION,
+            description="Treat every row as this catalog model; the default keeps each row's model.",
         ),
         "dry_run": Param(
             False,
             type="boolean",
             title="Dry run",
+            section=FORM_SECTION,
             description="Validate and run pre-flight only: nothing is created in AWS IoT.",
-            section="Options",
         ),
         "max_devices": Param(
             None,
             type=["null", "integer"],
             minimum=1,
             title="Device cap",
+            section=FORM_SECTION,
             description="Provision at most this many devices of the manifest (empty: all).",
-            section="Options",
         ),
     },
 )

@@ -13,14 +13,31 @@ import yaml
 
 from include.errors import CatalogError
 
-CERTIFICATE_MODES = ("own_ca_key", "device_csr")
+# How a product's devices get certificates (README "Certificate modes"):
+#   own_ca_key  the pipeline makes the key, the factory CA (registered in IoT) signs it
+#   device_csr  the device made its key; the factory CA signs the manifest's CSR
+#   aws_issued  the pipeline makes the key and a CSR; AWS signs it during bulk registration
+#   acm_pca     the pipeline makes the key and a CSR; ACM Private CA signs it (its CA registered in IoT)
+#   without_ca  the factory CA signs, but it is not registered: each certificate is registered on its own
+#               (RegisterCertificateWithoutCA), then referenced by id in bulk
+CERTIFICATE_MODES = ("own_ca_key", "device_csr", "aws_issued", "acm_pca", "without_ca")
+# The template parameter that carries each mode's certificate on a parameter line.
+CERTIFICATE_PARAMETERS = {
+    "own_ca_key": "CertificatePem",
+    "device_csr": "CertificatePem",
+    "aws_issued": "CSR",
+    "acm_pca": "CertificatePem",
+    "without_ca": "CertificateId",
+}
+DEFAULT_VALIDITY_DAYS = 3650
+MAX_VALIDITY_DAYS = 36500
 KEY_ALGORITHMS = ("ec-p256", "rsa-2048")
 # AWS IoT limits and name patterns (botocore model; aws-iot-facts.md 4.7).
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9:_-]+$")
 POLICY_NAME_PATTERN = re.compile(r"^[\w+=,.@-]+$")
 ATTRIBUTE_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9_.,@/:#-]{1,128}$")
 MAX_GROUPS_PER_THING = 10
-RESERVED_PARAMETERS = ("ThingName", "CertificatePem")
+RESERVED_PARAMETERS = ("ThingName", "CertificatePem", "CSR", "CertificateId")
 
 
 @dataclass(frozen=True)
@@ -50,6 +67,8 @@ class Product:
     attributes: tuple[Attribute, ...] = ()
     description: str = ""
     name_fields: tuple[str, ...] = field(default=())
+    validity_days: int = DEFAULT_VALIDITY_DAYS
+    extra_policies: tuple[str, ...] = ()
 
     @property
     def group(self) -> str:
@@ -60,8 +79,19 @@ class Product:
     def max_attributes(self) -> int:
         return 50 if self.thing_type else 3
 
-    def thing_name_for(self, row: Mapping[str, str]) -> str:
-        return self.thing_name.format_map({name: row.get(name, "") for name in self.name_fields})
+    @property
+    def certificate_parameter(self) -> str:
+        """The parameter-line key of the device's certificate (its PEM, its CSR or its id)."""
+        return CERTIFICATE_PARAMETERS[self.certificate_mode]
+
+    @property
+    def pipeline_makes_key(self) -> bool:
+        return self.certificate_mode != "device_csr"
+
+    @property
+    def uses_factory_ca(self) -> bool:
+        """Its certificates are signed by the factory CA (registered in IoT or not)."""
+        return self.certificate_mode in ("own_ca_key", "device_csr", "without_ca")
 
     def template_context(self) -> dict[str, Any]:
         """What a template may use besides the CA certificate: product fields and attribute parameters."""
@@ -72,7 +102,10 @@ class Product:
                 "thing_groups": list(self.thing_groups),
                 "policy": self.policy,
                 "certificate_mode": self.certificate_mode,
+                "certificate_parameter": self.certificate_parameter,
                 "key_algorithm": self.key_algorithm,
+                "validity_days": self.validity_days,
+                "extra_policies": list(self.extra_policies),
             },
             "attributes": [
                 {"column": a.column, "name": a.name, "parameter": a.parameter} for a in self.attributes
@@ -141,6 +174,8 @@ def _product(model: str, entry: Any, base: Path) -> Product:
         "thing_groups",
         "attributes",
         "description",
+        "validity_days",
+        "extra_policies",
     }
     unknown = sorted(set(entry) - known)
     if unknown:
@@ -169,6 +204,18 @@ def _product(model: str, entry: Any, base: Path) -> Product:
         raise CatalogError(f"{where}: {len(groups)} thing_groups, a thing may be in at most 10")
     if not POLICY_NAME_PATTERN.match(str(entry["policy"])):
         raise CatalogError(f"{where}: policy {entry['policy']!r} is not a valid IoT policy name")
+    extra = entry.get("extra_policies") or []
+    if not isinstance(extra, list) or not all(
+        isinstance(p, str) and POLICY_NAME_PATTERN.match(p) for p in extra
+    ):
+        raise CatalogError(f"{where}: extra_policies must be a list of IoT policy names")
+    if entry["policy"] in extra or len(set(extra)) != len(extra):
+        raise CatalogError(f"{where}: extra_policies repeats a policy")
+    validity = entry.get("validity_days", DEFAULT_VALIDITY_DAYS)
+    if isinstance(validity, bool) or not isinstance(validity, int) or not 1 <= validity <= MAX_VALIDITY_DAYS:
+        raise CatalogError(
+            f"{where}: validity_days must be a whole number of days from 1 to {MAX_VALIDITY_DAYS}"
+        )
     mapping = entry.get("attributes") or {}
     if not isinstance(mapping, dict):
         raise CatalogError(f"{where}: attributes must map manifest columns to attribute names")
@@ -205,4 +252,6 @@ def _product(model: str, entry: Any, base: Path) -> Product:
         attributes=tuple(attributes),
         description=str(entry.get("description", "")),
         name_fields=name_fields,
+        validity_days=validity,
+        extra_policies=tuple(extra),
     )

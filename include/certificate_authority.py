@@ -123,6 +123,19 @@ def device_subject(thing_name: str, serial_number: str | None) -> DeviceSubject:
     return DeviceSubject(common_name, serial_number, printable, thing_uri)
 
 
+def device_csr_der(
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, thing_name: str, serial: str | None
+) -> bytes:
+    """The CSR (DER) the pipeline makes for a key it generated when AWS or ACM PCA signs: same subject rule,
+    the thing name as a subjectAltName URI when the common name is shortened."""
+    subject = device_subject(thing_name, serial)
+    builder = x509.CertificateSigningRequestBuilder().subject_name(subject.name())
+    if subject.thing_uri:
+        san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(subject.thing_uri)])
+        builder = builder.add_extension(san, critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
 def check_device_key(public_key: object) -> None:
     """Refuse key types AWS IoT would refuse (RSA < 2048, curves other than P-256/384/521, EdDSA)."""
     if isinstance(public_key, rsa.RSAPublicKey):

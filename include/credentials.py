@@ -23,8 +23,14 @@ import pyarrow as pa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from include import key_bundle
 from include.catalog import Product
-from include.certificate_authority import DEVICE_VALIDITY_DAYS, CertificateAuthority, load_device_csr_key
+from include.certificate_authority import (
+    DEVICE_VALIDITY_DAYS,
+    CertificateAuthority,
+    device_csr_der,
+    load_device_csr_key,
+)
 from include.certificate_template import DeviceCertificateTemplate, DeviceIssuer, p256_spki, pem
 from include.errors import CsrError, PipelineError
 from include.parameter_file import encode_line, parameter_names
@@ -42,6 +48,7 @@ LEDGER_SCHEMA = pa.schema(
     [("row", pa.int64()), ("group", pa.string()), ("bytes", pa.int64()), ("certificate_id", pa.string())]
 )
 Failure = tuple[int, str, str]  # (manifest row, reason code, sentence)
+CSR_MODES = frozenset({"aws_issued", "acm_pca"})
 
 
 @dataclass(frozen=True)
@@ -50,23 +57,31 @@ class ProductSpec:
 
     group: str
     key_algorithm: str
-    device_csr: bool
     attributes: tuple[tuple[str, str], ...]  # (manifest column, template parameter)
     validity_days: int = DEVICE_VALIDITY_DAYS
+    mode: str = "own_ca_key"  # include.catalog.CERTIFICATE_MODES
 
     def __post_init__(self) -> None:
         if self.validity_days < 1:
             raise ValueError(f"product {self.group}: validity_days must be at least 1")
+
+    @property
+    def device_csr(self) -> bool:
+        return self.mode == "device_csr"
+
+    @property
+    def csr_only(self) -> bool:
+        """Someone else signs (AWS in bulk, ACM PCA): the worker makes the key and a CSR, no certificate."""
+        return self.mode in CSR_MODES
 
     @classmethod
     def of(cls, product: Product) -> ProductSpec:
         return cls(
             group=product.group,
             key_algorithm=product.key_algorithm,
-            device_csr=product.certificate_mode == "device_csr",
             attributes=tuple((a.column, a.parameter) for a in product.attributes),
-            # The catalog field is on its way; until then every product gets the default.
-            validity_days=getattr(product, "validity_days", DEVICE_VALIDITY_DAYS),
+            validity_days=product.validity_days,
+            mode=product.certificate_mode,
         )
 
 
@@ -76,7 +91,8 @@ class ChunkOutput:
 
     params: group -> its parameter-file lines in input order; ledger: one row per issued device in input
     order (row, group, bytes = length of its parameter line, certificate_id); bundle: the key bundle's
-    plaintext lines (private keys: only ever for include.key_bundle.seal_payload), `sealed` of them;
+    entries (include.key_bundle.device_entry; private keys: only ever for key_bundle.seal_payload),
+    `sealed` of them;
     failures: (row, reason code, sentence) per device that got no credentials.
     """
 
@@ -123,7 +139,10 @@ def _new_key(algorithm: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
 def _credentials(
     issuer: DeviceIssuer, spec: ProductSpec, thing_name: str, serial_number: str | None, csr: str | None
 ) -> tuple[bytes, bytes | None]:
-    """The device certificate (DER) and, when we made the key, its unencrypted PKCS#8 PEM."""
+    """The device certificate (DER; the CSR's in a CSR mode) and, when we made the key, its PKCS#8 PEM."""
+    if spec.csr_only:
+        key = _new_key(spec.key_algorithm)
+        return device_csr_der(key, thing_name, serial_number), key.private_bytes(PEM, PKCS8, NO_ENCRYPTION)
     if spec.device_csr:
         if not csr:
             raise CsrError("csr_required", "the product needs a device CSR and the csr field is empty")
@@ -159,7 +178,8 @@ class _Lines:
     def of(cls, spec: ProductSpec, devices: pa.Table) -> _Lines:
         columns = [_texts(devices, column) for column, _ in spec.attributes]
         values = list(zip(*columns, strict=True)) if columns else [()] * devices.num_rows
-        return cls(spec, parameter_names(spec.attributes), values)
+        certificate = "CSR" if spec.csr_only else "CertificatePem"
+        return cls(spec, parameter_names(spec.attributes, certificate), values)
 
 
 def _texts(devices: pa.Table, column: str) -> list[Any]:
@@ -199,13 +219,15 @@ def issue_devices(
             if product is None:
                 raise PipelineError(f"model {model} has no product in the catalog")
             der, key_pem = _credentials(issuer, product.spec, thing, serial, csr)
-            certificate_pem = pem(der, "CERTIFICATE")
-            certificate_id = hashlib.sha256(der).hexdigest()  # AWS IoT's id, of the DER we just built
+            if product.spec.csr_only:  # the certificate comes later, from its signer
+                certificate_pem, certificate_id = pem(der, "CERTIFICATE REQUEST"), ""
+            else:
+                certificate_pem = pem(der, "CERTIFICATE")
+                certificate_id = hashlib.sha256(der).hexdigest()  # AWS IoT's id, of the DER just built
             line = encode_line(product.names, (thing, certificate_pem, *product.values[index]))
             if key_pem is not None:
-                bundle.append(
-                    _bundle_line(thing, serial, model, row, certificate_id, certificate_pem, key_pem)
-                )
+                issued_pem = None if product.spec.csr_only else certificate_pem
+                bundle.append(_bundle_line(thing, serial, model, row, certificate_id, issued_pem, key_pem))
         except Exception as error:  # one device's trouble is that device's failure, not the chunk's
             failures.append(_failure(row, thing, error))
             continue
@@ -230,20 +252,13 @@ def _bundle_line(
     model: str,
     row: int,
     certificate_id: str,
-    certificate_pem: str,
+    certificate_pem: str | None,
     key_pem: bytes,
 ) -> bytes:
-    """One record of the key bundle payload (include.key_bundle's format); never logged or returned alone."""
-    record = {
-        "thing_name": thing_name,
-        "serial_number": serial_number,
-        "model": model,
-        "row": row,
-        "certificate_id": certificate_id,
-        "certificate_pem": certificate_pem,
-        "private_key_pem": key_pem.decode("ascii"),
-    }
-    return orjson.dumps(record) + b"\n"
+    """One device's entry of the key bundle (include.key_bundle's archive); never logged or returned alone."""
+    return key_bundle.device_entry(
+        thing_name, serial_number, model, row, certificate_id, certificate_pem, key_pem
+    )
 
 
 def _to_ipc(table: pa.Table) -> bytes:

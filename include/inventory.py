@@ -94,6 +94,7 @@ _DEVICES = staging_table(
         ("thing_arn", sa.Text),
         ("certificate_id", sa.String(64)),
         ("certificate_arn", sa.Text),
+        ("issuer", sa.String(250)),
         ("manifest_row", sa.Integer),
         ("registration_task_id", sa.String(40)),
         ("error_code", sa.String(128)),
@@ -514,6 +515,16 @@ class Inventory:
             connection.execute(statement)
             _DEVICES.drop(connection)
         return count
+
+    def devices_by_issuer(self) -> dict[str, int]:
+        """Provisioned devices per signer (CA certificate id, ACM PCA ARN, or aws)."""
+        with self.engine.connect() as connection:
+            found = connection.execute(
+                sa.select(devices.c.issuer, sa.func.count())
+                .where(devices.c.status == DEVICE_PROVISIONED)
+                .group_by(devices.c.issuer)
+            )
+            return {str(issuer): int(count) for issuer, count in found}
 
     def device(self, thing_name: str) -> dict[str, Any] | None:
         with self.engine.connect() as connection:

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from include.errors import InventoryError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 LOAD_BATCH = 5000
 
 metadata = sa.MetaData()
@@ -96,6 +96,9 @@ devices = sa.Table(
     sa.Column("thing_arn", sa.Text),
     sa.Column("certificate_id", sa.String(64)),
     sa.Column("certificate_arn", sa.Text),
+    sa.Column(
+        "issuer", sa.String(250), comment="who signed its certificate: CA certificate id, PCA ARN, aws"
+    ),
     sa.Column("batch_id", sa.String(64), nullable=False),
     sa.Column("run_id", sa.String(250), nullable=False, comment="the run that holds or last changed it"),
     sa.Column("manifest_row", sa.Integer, nullable=False),
@@ -107,6 +110,7 @@ devices = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_devices_model_serial", "model", "serial_number"),
     sa.Index("ix_devices_run_status", "run_id", "status"),
+    sa.Index("ix_devices_issuer", "issuer"),
 )
 
 row_outcomes = sa.Table(

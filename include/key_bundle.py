@@ -1,296 +1,285 @@
 """Encrypted key bundles for the factory line: the only place generated private keys ever go.
 
-Format "FKB1" (one file per credentials chunk, `.fkb`):
+One bundle per credentials chunk, `chunk-NNNNN.tar.p7m`: a CMS EnvelopedData (RFC 5652, DER) whose content
+is a POSIX tar of the chunk's key files (include/key_bundle_archive.py has the layout):
 
-    b"FKB1" | header length (4 bytes, big-endian) | header (UTF-8 JSON) | AES-256-GCM ciphertext + 16-byte tag
+    openssl cms -decrypt -binary -inform DER -in chunk-00000.tar.p7m -inkey line.key.pem | tar -x -C DIR
 
-header = {"format": "factory-key-bundle", "version": 1, "batch_id", "chunk", "count", "created_at",
-          "cipher": "AES-256-GCM", "nonce": b64, "wrap": <see below>}
-The payload is encrypted ONCE with a random 256-bit data key; the whole header is the GCM associated data,
-so any change to it (count, batch, wrapping) makes opening fail. The data key is wrapped for the factory
-line's public key (PEM), chosen by its type:
+The tar is encrypted once per chunk with a random AES-256-CBC key, wrapped for each recipient certificate
+(RSA key transport; include/key_bundle_cms.py). Per device there is only archive framing, done in the
+credentials workers (`device_entry`); the parent seals (`seal_payload`).
 
-  - RSA (>= 2048 bits): wrap = {"alg": "RSA-OAEP-SHA256", "key_id", "wrapped_key": b64}
-  - EC P-256 (ECIES):   wrap = {"alg": "ECDH-P256-HKDF-SHA256-A256GCM", "key_id",
-                        "ephemeral_public_key": b64 (X9.62 uncompressed point), "nonce": b64,
-                        "wrapped_key": b64};
-                        the key-encryption key is HKDF-SHA256(ECDH(ephemeral, recipient), salt = none,
-                        info = b"FKB1 key wrap" + ephemeral point) and wraps the data key with AES-256-GCM.
-
-key_id = SHA-256 (hex) of the recipient public key's DER SubjectPublicKeyInfo, so the line can tell which of
-its keys opens a bundle. Plaintext payload = JSON lines, one per device:
-    {"thing_name", "serial_number", "model", "row", "certificate_id", "certificate_pem", "private_key_pem"}
-with the private key as unencrypted PKCS#8 PEM (the bundle's encryption protects it; no per-key password).
-
-The factory line opens a bundle with
-    python -m include.key_bundle open BUNDLE.fkb --key factory-line-private.pem --out DIR
-which writes DIR/<thing_name>.key.pem (mode 0600) and DIR/<thing_name>.cert.pem plus DIR/index.csv.
-`python -m include.key_bundle keygen --out DIR [--rsa]` makes a recipient key pair for development.
+`python -m include.key_bundle` opens bundles without openssl too (and the former FKB1 files,
+include/key_bundle_fkb1.py): `info`, `open`, `convert` (FKB1 to CMS) and `keygen` (a development pair).
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import csv
 import datetime as dt
-import hashlib
 import json
 import os
-import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
-from cryptography.exceptions import InvalidTag
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
+from include import key_bundle_archive as archive
+from include import key_bundle_cms as cms
+from include import key_bundle_fkb1 as fkb1
 from include.errors import KeyBundleError
+from include.key_bundle_archive import certificates_archive, device_entry
+from include.key_bundle_cms import load_recipient
 
-MAGIC = b"FKB1"
-WRAP_RSA = "RSA-OAEP-SHA256"
-WRAP_EC = "ECDH-P256-HKDF-SHA256-A256GCM"
-HKDF_INFO = b"FKB1 key wrap"
+__all__ = [
+    "BUNDLE_SUFFIX",
+    "CONTENT_TYPE",
+    "bundle_info",
+    "certificates_archive",
+    "convert",
+    "device_entry",
+    "extract",
+    "generate_recipient",
+    "load_recipient",
+    "open_bundle",
+    "seal",
+    "seal_payload",
+]
 
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text.encode("ascii"), validate=True)
-
-
-def key_id(public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> str:
-    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(der).hexdigest()
-
-
-def load_recipient(pem: str | bytes) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
-    """The factory line's public key: RSA >= 2048 or EC P-256, as PEM (or a certificate holding it)."""
-    data = pem.encode() if isinstance(pem, str) else pem
-    try:
-        if b"BEGIN CERTIFICATE" in data:
-            from cryptography import x509
-
-            key: Any = x509.load_pem_x509_certificate(data).public_key()
-        else:
-            key = serialization.load_pem_public_key(data)
-    except ValueError:
-        raise KeyBundleError("the bundle recipient is not a PEM public key or certificate") from None
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size >= 2048:
-        return key
-    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
-        return key
-    raise KeyBundleError("the bundle recipient key must be RSA (>= 2048 bits) or EC P-256")
-
-
-def _ecdh_kek(shared: bytes, ephemeral_point: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=HKDF_INFO + ephemeral_point).derive(
-        shared
-    )
-
-
-def _wrap(data_key: bytes, recipient: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> dict[str, str]:
-    if isinstance(recipient, rsa.RSAPublicKey):
-        wrapped = recipient.encrypt(
-            data_key, padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
-        )
-        return {"alg": WRAP_RSA, "key_id": key_id(recipient), "wrapped_key": _b64(wrapped)}
-    ephemeral = ec.generate_private_key(ec.SECP256R1())
-    point = ephemeral.public_key().public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-    )
-    kek = _ecdh_kek(ephemeral.exchange(ec.ECDH(), recipient), point)
-    nonce = os.urandom(12)
-    wrapped = AESGCM(kek).encrypt(nonce, data_key, MAGIC)
-    return {
-        "alg": WRAP_EC,
-        "key_id": key_id(recipient),
-        "ephemeral_public_key": _b64(point),
-        "nonce": _b64(nonce),
-        "wrapped_key": _b64(wrapped),
-    }
-
-
-def _unwrap(wrap: dict[str, str], private_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
-    if wrap.get("key_id") != key_id(private_key.public_key()):
-        raise KeyBundleError("this bundle was sealed for another factory-line key (key_id differs)")
-    try:
-        if wrap["alg"] == WRAP_RSA and isinstance(private_key, rsa.RSAPrivateKey):
-            return private_key.decrypt(
-                _unb64(wrap["wrapped_key"]),
-                padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None),
-            )
-        if wrap["alg"] == WRAP_EC and isinstance(private_key, ec.EllipticCurvePrivateKey):
-            point = _unb64(wrap["ephemeral_public_key"])
-            ephemeral = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
-            kek = _ecdh_kek(private_key.exchange(ec.ECDH(), ephemeral), point)
-            return AESGCM(kek).decrypt(_unb64(wrap["nonce"]), _unb64(wrap["wrapped_key"]), MAGIC)
-    except (InvalidTag, ValueError, KeyError):
-        raise KeyBundleError("the bundle's data key cannot be unwrapped with this key") from None
-    raise KeyBundleError(f"wrap algorithm {wrap.get('alg')!r} does not match a {type(private_key).__name__}")
-
-
-def seal(
-    records: list[dict[str, Any]],
-    recipient_pem: str | bytes,
-    *,
-    batch_id: str,
-    chunk: int,
-) -> bytes:
-    """Encrypt device records (with their private key PEMs) once, for the factory line's public key."""
-    payload = b"".join(orjson.dumps(r) + b"\n" for r in records)
-    return seal_payload(payload, len(records), recipient_pem, batch_id=batch_id, chunk=chunk)
+BUNDLE_SUFFIX = ".tar.p7m"
+CONTENT_TYPE = "application/pkcs7-mime"
+RECIPIENT_KEY_FILE = "recipient.key.pem"
+RECIPIENT_CERTIFICATE_FILE = "recipient.cert.pem"
+RECIPIENT_RSA_BITS = 3072
+RECIPIENT_VALIDITY = dt.timedelta(days=3650)
 
 
 def seal_payload(
-    payload: bytes,
+    entries: bytes,
     count: int,
     recipient_pem: str | bytes,
     *,
     batch_id: str,
     chunk: int,
 ) -> bytes:
-    """Encrypt an already encoded payload (`count` JSON lines, as `seal` writes them) once."""
-    recipient = load_recipient(recipient_pem)
-    data_key = AESGCM.generate_key(bit_length=256)
-    nonce = os.urandom(12)
-    header = {
-        "format": "factory-key-bundle",
-        "version": 1,
-        "batch_id": batch_id,
-        "chunk": chunk,
-        "count": count,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "cipher": "AES-256-GCM",
-        "nonce": _b64(nonce),
-        "wrap": _wrap(data_key, recipient),
-    }
-    header_bytes = json.dumps(header, sort_keys=True).encode("utf-8")
-    ciphertext = AESGCM(data_key).encrypt(nonce, payload, header_bytes)
-    return MAGIC + struct.pack(">I", len(header_bytes)) + header_bytes + ciphertext
-
-
-def read_header(bundle: bytes) -> dict[str, Any]:
-    """The bundle's clear-text header (no key needed)."""
-    if bundle[:4] != MAGIC or len(bundle) < 8:
-        raise KeyBundleError("not a factory key bundle (magic FKB1 missing)")
-    (length,) = struct.unpack(">I", bundle[4:8])
-    try:
-        return json.loads(bundle[8 : 8 + length])
-    except ValueError:
-        raise KeyBundleError("the bundle header is not JSON") from None
-
-
-def open_bundle(bundle: bytes, private_key_pem: str | bytes) -> Iterator[dict[str, Any]]:
-    """Decrypt a bundle with the factory line's private key; yields the device records."""
-    header = read_header(bundle)
-    (length,) = struct.unpack(">I", bundle[4:8])
-    header_bytes = bundle[8 : 8 + length]
-    data = private_key_pem.encode() if isinstance(private_key_pem, str) else private_key_pem
-    try:
-        private_key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
-        raise KeyBundleError("the factory-line key is not an unencrypted PEM private key") from None
-    if not isinstance(private_key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        raise KeyBundleError("the factory-line key must be RSA or EC")
-    data_key = _unwrap(header["wrap"], private_key)
-    try:
-        payload = AESGCM(data_key).decrypt(_unb64(header["nonce"]), bundle[8 + length :], header_bytes)
-    except InvalidTag:
-        raise KeyBundleError("the bundle is damaged or was altered (authentication failed)") from None
-    records = [orjson.loads(line) for line in payload.splitlines() if line]
-    if len(records) != header["count"]:
-        raise KeyBundleError(f"the bundle holds {len(records)} records, its header says {header['count']}")
-    yield from records
-
-
-def generate_recipient(directory: str | Path, *, use_rsa: bool = False) -> tuple[Path, Path]:
-    """A factory-line key pair for development: (private PEM path, public PEM path)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    key: Any = rsa.generate_private_key(65537, 3072) if use_rsa else ec.generate_private_key(ec.SECP256R1())
-    private_path = directory / "recipient.key.pem"
-    public_path = directory / "recipient.pub.pem"
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-    public_path.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+    """The bundle (CMS DER) of `count` concatenated `device_entry` results, encrypted once."""
+    recipients = load_recipient(recipient_pem)
+    created_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    plaintext = archive.archive(
+        entries, count, {"batch_id": batch_id, "chunk": chunk, "created_at": created_at}
     )
-    return private_path, public_path
+    return cms.envelope(plaintext, recipients)
 
 
-def _safe_name(name: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
-    return cleaned or "device"
+def _entries(records: Iterable[dict[str, Any]]) -> tuple[bytes, int]:
+    parts = [
+        device_entry(
+            r["thing_name"],
+            r.get("serial_number"),
+            r.get("model") or "",
+            r.get("row") or 0,
+            r.get("certificate_id"),
+            r.get("certificate_pem"),
+            r["private_key_pem"].encode("ascii"),
+        )
+        for r in records
+    ]
+    return b"".join(parts), len(parts)
 
 
-def extract(bundle: bytes, private_key_pem: str | bytes, out: str | Path) -> int:
-    """Write each device's key (0600) and certificate into `out`, plus index.csv; returns the device count."""
+def seal(
+    records: Iterable[dict[str, Any]], recipient_pem: str | bytes, *, batch_id: str, chunk: int
+) -> bytes:
+    """A bundle from device records (the fields `open_bundle` yields); for tools and tests."""
+    entries, count = _entries(records)
+    return seal_payload(entries, count, recipient_pem, batch_id=batch_id, chunk=chunk)
+
+
+def bundle_info(bundle: bytes) -> dict[str, Any]:
+    """What a bundle says about itself without a key: CMS recipients and algorithms, or the FKB1 header."""
+    if fkb1.is_fkb1(bundle):
+        return fkb1.read_header(bundle)
+    return cms.describe(bundle)
+
+
+def _bytes(pem: str | bytes) -> bytes:
+    return pem.encode() if isinstance(pem, str) else pem
+
+
+def _files(
+    bundle: bytes, private_key_pem: str | bytes, certificate_pem: str | bytes | None
+) -> dict[str, bytes]:
+    """The archive's files of a CMS bundle, or of an FKB1 bundle laid out the same way."""
+    if fkb1.is_fkb1(bundle):
+        header = fkb1.read_header(bundle)
+        entries, count = _entries(fkb1.open_records(bundle, _bytes(private_key_pem)))
+        meta = {key: header.get(key) for key in ("batch_id", "chunk", "created_at")}
+        return archive.read_archive(archive.archive(entries, count, {**meta, "converted_from": "FKB1"}))
+    if not cms.is_envelope(bundle):
+        raise KeyBundleError("not a key bundle (neither CMS EnvelopedData nor FKB1)")
+    if certificate_pem is None:
+        raise KeyBundleError("a CMS bundle opens with the factory line's key and its certificate (--cert)")
+    return archive.read_archive(cms.open_envelope(bundle, _bytes(private_key_pem), _bytes(certificate_pem)))
+
+
+def _key_matches(record: dict[str, Any]) -> bool:
+    """Whether the record's key parses and, when it has a certificate, is the certificate's key."""
+    try:
+        key = serialization.load_pem_private_key(record["private_key_pem"].encode("ascii"), None)
+        certificate = record["certificate_pem"]
+        return not certificate or (
+            x509.load_pem_x509_certificate(certificate.encode("ascii")).public_key() == key.public_key()
+        )
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+
+
+def _verified(records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Each record, once its key checks out.
+
+    AES-CBC carries no integrity tag, but an altered ciphertext garbles whole blocks, so a changed key no
+    longer parses or matches the certificate its signer made: the same check the line makes with openssl.
+    """
+    for record in records:
+        if not _key_matches(record):
+            raise KeyBundleError(
+                f"the bundle is damaged or was altered: the key of {record['thing_name']} does not parse "
+                "or does not match its certificate"
+            )
+        yield record
+
+
+def open_bundle(
+    bundle: bytes, private_key_pem: str | bytes, certificate_pem: str | bytes | None = None
+) -> Iterator[dict[str, Any]]:
+    """The bundle's devices: thing_name, serial_number, model, row, certificate_id and certificate_pem
+    (None when not known at sealing time), private_key_pem. FKB1 bundles need no certificate."""
+    yield from _verified(archive.records(_files(bundle, private_key_pem, certificate_pem)))
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    # O_NOFOLLOW: a planted symlink must not redirect a key; fchmod: an existing file keeps no wider mode.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(fd, mode)
+        handle.write(data)
+
+
+def extract(
+    bundle: bytes, private_key_pem: str | bytes, out: str | Path, certificate_pem: str | bytes | None = None
+) -> int:
+    """Write the bundle's files into `out` as `tar -x` would (keys 0600); returns the device count."""
+    files = _files(bundle, private_key_pem, certificate_pem)
+    count = sum(1 for _ in _verified(archive.records(files)))  # index, files, count and keys all check out
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with open(out / "index.csv", "w", newline="", encoding="utf-8") as index:
-        writer = csv.writer(index)
-        writer.writerow(
-            ["thing_name", "serial_number", "model", "row", "certificate_id", "key_file", "cert_file"]
-        )
-        for record in open_bundle(bundle, private_key_pem):
-            stem = _safe_name(record["thing_name"])
-            fd = os.open(out / f"{stem}.key.pem", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="ascii") as handle:
-                handle.write(record["private_key_pem"])
-            (out / f"{stem}.cert.pem").write_text(record["certificate_pem"], encoding="ascii")
-            writer.writerow(
-                [
-                    record["thing_name"],
-                    record["serial_number"],
-                    record["model"],
-                    record["row"],
-                    record["certificate_id"],
-                    f"{stem}.key.pem",
-                    f"{stem}.cert.pem",
-                ]
-            )
-            count += 1
+    for name, data in files.items():
+        _write(out / name, data, 0o600 if name.endswith(archive.KEY_SUFFIX) else 0o644)
     return count
 
 
-def main(argv: list[str] | None = None) -> int:
+def convert(fkb1_bundle: bytes, private_key_pem: str | bytes, recipient_pem: str | bytes) -> bytes:
+    """An FKB1 bundle sealed again as a CMS bundle for the recipient certificate(s)."""
+    header = fkb1.read_header(fkb1_bundle)
+    records = fkb1.open_records(fkb1_bundle, _bytes(private_key_pem))
+    return seal(records, recipient_pem, batch_id=header["batch_id"], chunk=header["chunk"])
+
+
+def generate_recipient(directory: str | Path) -> tuple[Path, Path]:
+    """A development factory-line pair: (RSA-3072 private key PEM, 0600; self-signed certificate PEM)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=RECIPIENT_RSA_BITS)
+    name = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, "factory line (development key bundle recipient)")]
+    )
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + RECIPIENT_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=True,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_path = directory / RECIPIENT_KEY_FILE
+    certificate_path = directory / RECIPIENT_CERTIFICATE_FILE
+    _write(
+        key_path,
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+        0o600,
+    )
+    _write(certificate_path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+    return key_path, certificate_path
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m include.key_bundle", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    opener = commands.add_parser("open", help="decrypt a bundle into key and certificate files")
-    opener.add_argument("bundle", help="path of the .fkb file (download it first, e.g. aws s3 cp)")
+    opener = commands.add_parser(
+        "open", help="decrypt a bundle (.tar.p7m or .fkb) into key and certificate files"
+    )
+    opener.add_argument("bundle", help="the bundle file (download it first, e.g. aws s3 cp)")
     opener.add_argument("--key", required=True, help="the factory line's private key (PEM)")
+    opener.add_argument("--cert", help="the factory line's certificate (PEM); needed for .tar.p7m bundles")
     opener.add_argument("--out", required=True, help="directory to write the files into")
-    info = commands.add_parser("info", help="print the clear-text header")
+    info = commands.add_parser("info", help="print what the bundle says without a key")
     info.add_argument("bundle")
-    keygen = commands.add_parser("keygen", help="make a development factory-line key pair")
+    converter = commands.add_parser("convert", help="seal an FKB1 bundle again as a CMS bundle")
+    converter.add_argument("bundle", help="the .fkb file")
+    converter.add_argument("--key", required=True, help="the private key the .fkb was sealed for (PEM)")
+    converter.add_argument("--recipient", required=True, help="the factory line's certificate(s) (PEM)")
+    converter.add_argument("--out", required=True, help="the .tar.p7m file to write")
+    keygen = commands.add_parser("keygen", help="make a development factory-line key and certificate")
     keygen.add_argument("--out", required=True)
-    keygen.add_argument("--rsa", action="store_true", help="RSA-3072 instead of EC P-256")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
         if args.command == "keygen":
-            private_path, public_path = generate_recipient(args.out, use_rsa=args.rsa)
-            print(f"private key {private_path} (keep it on the factory line), public key {public_path}")
+            key_path, certificate_path = generate_recipient(args.out)
+            print(f"private key {key_path} (keep it on the factory line), certificate {certificate_path}")
         elif args.command == "info":
-            print(json.dumps(read_header(Path(args.bundle).read_bytes()), indent=2))
+            print(json.dumps(bundle_info(Path(args.bundle).read_bytes()), indent=2))
+        elif args.command == "convert":
+            sealed = convert(
+                Path(args.bundle).read_bytes(), Path(args.key).read_bytes(), Path(args.recipient).read_bytes()
+            )
+            Path(args.out).write_bytes(sealed)
+            print(f"wrote {args.out}")
         else:
-            count = extract(Path(args.bundle).read_bytes(), Path(args.key).read_bytes(), args.out)
-            print(f"wrote {count} device key(s) and certificate(s) to {args.out}")
+            certificate = Path(args.cert).read_bytes() if args.cert else None
+            count = extract(
+                Path(args.bundle).read_bytes(), Path(args.key).read_bytes(), args.out, certificate
+            )
+            print(f"wrote {count} device key(s) and {archive.INDEX_FILE} to {args.out}")
     except (KeyBundleError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -24,7 +24,8 @@ LEDGER_SCHEMA = pa.schema(
         ("thing_name", pa.string()),
         ("model", pa.string()),
         ("serial_number", pa.string()),
-        ("certificate_id", pa.string()),
+        ("certificate_id", pa.string()),  # "" when the signer is AWS (known from the report)
+        ("issuer", pa.string()),  # the CA certificate id, the ACM PCA's ARN, or "aws"
         ("bytes", pa.int64()),
     ]
 )
@@ -39,6 +40,7 @@ class UnitLedger:
     models: list[str]
     serials: list[str]
     certificate_ids: list[str]
+    issuers: list[str]
     offsets: list[int]  # end-of-line byte offset of each line
 
     @classmethod
@@ -50,6 +52,7 @@ class UnitLedger:
             models=table.column("model").to_pylist(),
             serials=table.column("serial_number").to_pylist(),
             certificate_ids=table.column("certificate_id").to_pylist(),
+            issuers=table.column("issuer").to_pylist(),
             offsets=list(accumulate(table.column("bytes").to_pylist())),
         )
 
@@ -67,6 +70,7 @@ class Matched:
     thing_arns: list[str | None]
     certificate_ids: list[str | None]
     certificate_arns: list[str | None]
+    certificate_pems: dict[int, str] = field(default_factory=dict)  # line index -> PEM (keep_pems only)
     offset_mismatches: int = 0
     reported: int = 0
     counts: dict[str, int] = field(default_factory=dict)
@@ -81,10 +85,13 @@ def match_reports(
     status: str,
     message: str = "",
     params_key: str = "",
+    keep_pems: bool = False,
 ) -> Matched:
     """Every ledger line's outcome from the RESULTS and ERRORS lines; a line in neither is failed, not lost.
 
     A line reported twice keeps its first report; a lineNumber outside the ledger is an error naming it.
+    With `keep_pems`, the certificate PEMs of the RESULTS lines are kept (AWS signed them: the factory
+    line gets them from the report).
     """
     size = len(ledger)
     outcomes: list[str | None] = [None] * size
@@ -93,6 +100,7 @@ def match_reports(
     thing_arns: list[str | None] = [None] * size
     certificate_ids: list[str | None] = list(ledger.certificate_ids)
     certificate_arns: list[str | None] = [None] * size
+    pems: dict[int, str] = {}
     mismatches = reported = 0
     for kind, lines in (("results", results), ("errors", errors)):
         for raw in lines:
@@ -113,7 +121,10 @@ def match_reports(
                 mismatches += 1
             message_text = record.get("errorMessage")
             if kind == "results" and not message_text:
-                arns = (record.get("response") or {}).get("ResourceArns") or {}
+                response = record.get("response") or {}
+                arns = response.get("ResourceArns") or {}
+                if keep_pems and response.get("CertificatePem"):
+                    pems[index] = response["CertificatePem"]
                 outcomes[index] = PROVISIONED
                 thing_arns[index] = arns.get("thing") or next(
                     (a for a in arns.values() if ":thing/" in a), None
@@ -145,6 +156,7 @@ def match_reports(
         thing_arns=thing_arns,
         certificate_ids=certificate_ids,
         certificate_arns=certificate_arns,
+        certificate_pems=pems,
         offset_mismatches=mismatches,
         reported=reported,
         counts={PROVISIONED: final.count(PROVISIONED), FAILED: final.count(FAILED)},

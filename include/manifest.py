@@ -321,7 +321,7 @@ class _Validator:
     def check_csr(self, product_index: np.ndarray) -> None:
         # One flag per product, then False for index -1 (unknown model): the last entry.
         device = np.append([p.certificate_mode == "device_csr" for p in self.products], False)[product_index]
-        own = np.append([p.certificate_mode == "own_ca_key" for p in self.products], False)[product_index]
+        own = np.append([p.pipeline_makes_key for p in self.products], False)[product_index]
         csr = self.values["csr"]
         if pc.any(pc.match_substring(csr, "\\n")).as_py():  # a one-line PEM with \n escapes
             csr = self.values["csr"] = pc.replace_substring(csr, "\\n", "\n")

@@ -8,12 +8,15 @@ from typing import Any
 import orjson
 
 
-def parameter_names(attributes: Sequence[tuple[str, str]]) -> tuple[str, ...]:
-    """The keys of a product's lines, in order: ThingName, CertificatePem, then its attribute parameters.
+def parameter_names(
+    attributes: Sequence[tuple[str, str]], certificate: str = "CertificatePem"
+) -> tuple[str, ...]:
+    """The keys of a product's lines, in order: ThingName, its certificate parameter (CertificatePem, CSR
+    or CertificateId), then its attribute parameters.
 
     `attributes` are the product's (manifest column, template parameter) pairs.
     """
-    return ("ThingName", "CertificatePem", *(parameter for _, parameter in attributes))
+    return ("ThingName", certificate, *(parameter for _, parameter in attributes))
 
 
 def encode_line(names: Sequence[str], values: Iterable[str]) -> bytes:

@@ -21,10 +21,13 @@ import pyarrow as pa
 
 from include import key_bundle
 from include.catalog import load_catalog
+from include.certificate_authority import certificate_id_from_pem
+from include.certificate_modes import complete_chunk
 from include.credentials import ProductSpec, issue_chunk
 from include.csv_safety import write_csv
 from include.errors import AccountingError, ManifestError, PipelineError, PreflightError, ReconcileError
 from include.inventory import Holder, Inventory
+from include.key_bundle_archive import certificates_archive
 from include.ledger import LEDGER_SCHEMA, UnitLedger, match_reports
 from include.manifest import (
     full_verdict,
@@ -48,7 +51,7 @@ from include.outcomes import (
     SKIPPED,
 )
 from include.plan import cut_work, plan_dead_run
-from include.prerequisites import check_prerequisites
+from include.prerequisites import check_prerequisites, pca_ca_certificate
 from include.records import (
     Batch,
     Checks,
@@ -229,6 +232,7 @@ def preflight(
     *,
     ca_certificate_pem: str | None = None,
     is_live: IsLive | None = None,
+    acm_pca: Any = None,
 ) -> Checks:
     """Prerequisites, then claims: each accepted device is claimed for this run before anything is made for
     it. Devices provisioned or claimed by a live run are skipped; a dead run of this batch has its started
@@ -246,7 +250,10 @@ def preflight(
         counter["devices"] = accepted.num_rows
         rows = accepted.column("row").to_pylist()
         models = accepted.column("model").to_pylist()
-        problems, templates = check_prerequisites(iot, catalog, sorted(set(models)), ca_certificate_pem)
+        products = sorted(set(models))
+        pca_pem, pca_problems = _pca_certificate(catalog, products, settings, acm_pca)
+        problems, templates = check_prerequisites(iot, catalog, products, ca_certificate_pem, pca_pem)
+        problems = pca_problems + problems
         report: dict[str, Any] = {
             "batch_id": batch.batch_id,
             "run_id": batch.run_id,
@@ -328,6 +335,17 @@ def preflight(
     )
 
 
+def _pca_certificate(
+    catalog: Any, models: list[str], settings: Settings, acm_pca: Any
+) -> tuple[str | None, list[str]]:
+    """The ACM PCA's CA certificate when an acm_pca product is in the batch (its problems otherwise)."""
+    if not any(catalog.products[m].certificate_mode == "acm_pca" for m in models):
+        return None, []
+    if not settings.acm_pca_arn or acm_pca is None:
+        return None, ["acm_pca products need the ACM Private CA's ARN (PIPELINE_ACM_PCA_ARN)"]
+    return pca_ca_certificate(acm_pca, settings.acm_pca_arn)
+
+
 @dataclass
 class Resumed:
     """What a run took over from dead runs of its batch."""
@@ -396,7 +414,15 @@ def _resume_dead_runs(
 
 # -- 4. credentials --------------------------------------------------------------------------------------
 def issue_credentials(
-    s3: Any, settings: Settings, batch: Batch, chunk: Chunk, ca_certificate_pem: str, ca_private_key_pem: str
+    s3: Any,
+    settings: Settings,
+    batch: Batch,
+    chunk: Chunk,
+    ca_certificate_pem: str,
+    ca_private_key_pem: str,
+    *,
+    iot: Any = None,
+    acm_pca: Any = None,
 ) -> ChunkResult:
     """Keys and certificates for one chunk: parameter lines, ledger and key bundle to S3.
 
@@ -408,7 +434,9 @@ def issue_credentials(
     inventory = _inventory(settings)
     _refuse_if_registering(inventory, batch, chunk.unit, f"chunk {chunk.index}")
     with _timed(settings, batch, f"credentials[{chunk.index}]", counter):
-        recipient = read_text_setting(s3, settings.bundle_recipient_public_key, "bundle recipient public key")
+        recipient = read_text_setting(
+            s3, settings.bundle_recipient_public_key, "bundle recipient certificate"
+        )
         key_bundle.load_recipient(recipient)  # fail before the expensive work
         catalog = load_catalog(settings.catalog_path)
         devices = get_table(s3, settings.bucket, files.chunk_devices(chunk.index))
@@ -417,16 +445,22 @@ def issue_credentials(
         output = issue_chunk(
             devices, products, ca_certificate_pem, ca_private_key_pem, workers=settings.workers
         )
+        spec = next(p for p in products.values() if p.group == chunk.group)
+        output = complete_chunk(output, spec, iot=iot, acm_pca=acm_pca, pca_arn=settings.acm_pca_arn)
+        issuer = _issuer(spec.mode, ca_certificate_pem, settings)
         bundle_key = None
         if output.sealed:
             sealed = key_bundle.seal_payload(
                 output.bundle, output.sealed, recipient, batch_id=batch.batch_id, chunk=chunk.index
             )
             output.bundle = b""
-            bundle_key = put_bytes(s3, settings.bucket, files.bundle(chunk.index), sealed)
+            bundle_key = put_bytes(
+                s3, settings.bucket, files.bundle(chunk.index), sealed, key_bundle.CONTENT_TYPE
+            )
         params = output.params.get(chunk.group, b"")
         put_bytes(s3, settings.bucket, files.chunk_params(chunk.index), params, "application/x-ndjson")
-        put_table(s3, settings.bucket, files.chunk_ledger(chunk.index), _chunk_ledger(devices, output.ledger))
+        ledger = _chunk_ledger(devices, output.ledger, issuer)
+        put_table(s3, settings.bucket, files.chunk_ledger(chunk.index), ledger)
         if output.failures:
             _quarantine_late(inventory, batch, chunk, devices, output.failures)
     return ChunkResult(
@@ -451,7 +485,16 @@ def _refuse_if_registering(inventory: Inventory, batch: Batch, unit: str, what: 
         )
 
 
-def _chunk_ledger(devices: pa.Table, issued: pa.Table) -> pa.Table:
+def _issuer(mode: str, ca_certificate_pem: str, settings: Settings) -> str:
+    """Who signs a mode's certificates, as the inventory records it (the CA report counts by it)."""
+    if mode == "aws_issued":
+        return "aws"
+    if mode == "acm_pca":
+        return str(settings.acm_pca_arn)
+    return certificate_id_from_pem(ca_certificate_pem)
+
+
+def _chunk_ledger(devices: pa.Table, issued: pa.Table, issuer: str) -> pa.Table:
     """The issued devices' ledger rows: identity columns from the chunk's devices, joined by manifest row."""
     position = {row: i for i, row in enumerate(devices.column("row").to_pylist())}
     take = pa.array([position[row] for row in issued.column("row").to_pylist()], pa.int64())
@@ -460,6 +503,7 @@ def _chunk_ledger(devices: pa.Table, issued: pa.Table) -> pa.Table:
         {
             **{name: identity.column(name) for name in identity.column_names},
             "certificate_id": issued.column("certificate_id"),
+            "issuer": pa.array([issuer] * issued.num_rows, pa.string()),
             "bytes": issued.column("bytes"),
         },
         schema=LEDGER_SCHEMA,
@@ -559,7 +603,10 @@ def reconcile(
             status=registration.status,
             message=registration.message,
             params_key=unit.params_key,
+            keep_pems=_signed_by_aws_or_pca(settings, unit),
         )
+        if matched.certificate_pems:
+            _put_certificates(s3, batch, unit, ledger, matched.certificate_pems)
         inventory = _inventory(settings)
         inventory.record_devices(
             batch.run_id,
@@ -572,6 +619,7 @@ def reconcile(
                 matched.thing_arns,
                 matched.certificate_ids,
                 matched.certificate_arns,
+                ledger.issuers,
                 ledger.rows,
                 [registration.task_id] * len(ledger),
                 matched.codes,
@@ -604,6 +652,23 @@ def reconcile(
         failed=matched.counts[FAILED],
         offset_mismatches=matched.offset_mismatches,
     )
+
+
+def _signed_by_aws_or_pca(settings: Settings, unit: RegistrationUnit) -> bool:
+    """The unit's certificates were not in the key bundle: their signer (AWS, ACM PCA) made them later."""
+    product = load_catalog(settings.catalog_path).products.get(unit.group)
+    return product is not None and product.certificate_mode in ("aws_issued", "acm_pca")
+
+
+def _put_certificates(
+    s3: Any, batch: Batch, unit: RegistrationUnit, ledger: UnitLedger, pems: dict[int, str]
+) -> None:
+    """The unit's certificates for the factory line, named by thing like the keys in the bundles
+    (certificates are public: a plain archive)."""
+    archive = certificates_archive(
+        (ledger.thing_names[index], certificate_id_from_pem(pem), pem) for index, pem in sorted(pems.items())
+    )
+    put_bytes(s3, batch.bucket, batch.files.certificates(unit.unit), archive, "application/x-tar")
 
 
 # -- 7. summary ------------------------------------------------------------------------------------------
@@ -670,8 +735,11 @@ def summarize(s3: Any, settings: Settings, batch: Batch) -> dict[str, Any]:
     ]
     started = run.get("started_at")
     total_seconds = (dt.datetime.now(dt.UTC) - started).total_seconds() if started else 0.0
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=files.bundles_prefix)
-    bundles = sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
+    bundles = _keys_under(s3, settings.bucket, files.bundles_prefix)
+    certificates = {
+        key.rsplit("/", 1)[-1].removesuffix(".tar"): key
+        for key in _keys_under(s3, settings.bucket, files.certificates_prefix)
+    }
     summary: dict[str, Any] = {
         "batch_id": batch.batch_id,
         "run_id": batch.run_id,
@@ -693,6 +761,7 @@ def summarize(s3: Any, settings: Settings, batch: Batch) -> dict[str, Any]:
             "summary": files.summary,
             "report": files.report,
             "bundles": bundles,
+            "certificates": certificates,
         },
     }
     put_bytes(s3, settings.bucket, files.summary, json.dumps(summary, indent=2).encode(), "application/json")
@@ -706,6 +775,11 @@ def summarize(s3: Any, settings: Settings, batch: Batch) -> dict[str, Any]:
             f"({ {o: counts[o] for o in (*OUTCOMES, 'pending')} })"
         )
     return summary
+
+
+def _keys_under(s3: Any, bucket: str, prefix: str) -> list[str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
 
 
 def _write_row_files(s3: Any, settings: Settings, inventory: Inventory, batch: Batch) -> None:

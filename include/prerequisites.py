@@ -26,11 +26,17 @@ def _described(call: Callable[..., Any], **kwargs: Any) -> dict | None:
 
 
 def check_prerequisites(
-    iot: Any, catalog: Catalog, models: Sequence[str], ca_certificate_pem: str | None
+    iot: Any,
+    catalog: Catalog,
+    models: Sequence[str],
+    ca_certificate_pem: str | None,
+    pca_certificate_pem: str | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """(every problem found, the rendered template body per registration group) for these products.
 
-    With the factory CA certificate, exactly that CA must be registered and ACTIVE; without, any ACTIVE CA.
+    Products whose certificates the registered factory CA signs need it registered and ACTIVE (exactly that
+    CA when its certificate is given, else any ACTIVE CA); acm_pca products need the PCA's CA certificate
+    registered and ACTIVE. aws_issued and without_ca products name no CA in IoT.
     """
     problems: list[str] = []
     templates: dict[str, str] = {}
@@ -59,16 +65,25 @@ def check_prerequisites(
                 problems.append(f"thing type {product.thing_type} (product {model}) is deprecated")
         for group in product.thing_groups:
             check("thing group", group, model, iot.describe_thing_group, thingGroupName=group)
-        check("policy", product.policy, model, iot.get_policy, policyName=product.policy)
+        for policy in (product.policy, *product.extra_policies):
+            check("policy", policy, model, iot.get_policy, policyName=policy)
+        signer = pca_certificate_pem if product.certificate_mode == "acm_pca" else ca_certificate_pem
         try:
-            templates[product.group] = render_template(product, ca_certificate_pem or PLACEHOLDER_CA_PEM)
+            templates[product.group] = render_template(product, signer or PLACEHOLDER_CA_PEM)
         except CatalogError as exc:  # TemplateError too: reported with the rest
             problems.append(str(exc))
-    problems += _ca_problems(iot, ca_certificate_pem)
+    modes = {catalog.products[model].certificate_mode for model in models}
+    if modes & {"own_ca_key", "device_csr"}:
+        problems += _ca_problems(iot, ca_certificate_pem)
+    if "acm_pca" in modes:
+        if pca_certificate_pem is None:
+            problems.append("acm_pca products need the ACM Private CA's ARN (PIPELINE_ACM_PCA_ARN)")
+        else:
+            problems += _ca_problems(iot, pca_certificate_pem, "the ACM Private CA's CA certificate")
     return problems, templates
 
 
-def _ca_problems(iot: Any, ca_certificate_pem: str | None) -> list[str]:
+def _ca_problems(iot: Any, ca_certificate_pem: str | None, what: str = "the factory CA") -> list[str]:
     if not ca_certificate_pem:
         listed = iot.list_ca_certificates(pageSize=250).get("certificates", [])
         if any(c.get("status") == "ACTIVE" for c in listed):
@@ -77,8 +92,23 @@ def _ca_problems(iot: Any, ca_certificate_pem: str | None) -> list[str]:
     ca_id = certificate_id_from_pem(ca_certificate_pem)
     described = _described(iot.describe_ca_certificate, certificateId=ca_id)
     if described is None:
-        return [f"the factory CA (certificate id {ca_id}) is not registered in AWS IoT"]
+        return [f"{what} (certificate id {ca_id}) is not registered in AWS IoT"]
     status = described["certificateDescription"]["status"]
     if status != "ACTIVE":
-        return [f"the factory CA (certificate id {ca_id}) is {status}, not ACTIVE"]
+        return [f"{what} (certificate id {ca_id}) is {status}, not ACTIVE"]
     return []
+
+
+def pca_ca_certificate(acm_pca: Any, pca_arn: str) -> tuple[str | None, list[str]]:
+    """(the ACM Private CA's CA certificate PEM, problems): it must exist and be ACTIVE."""
+    try:
+        described = acm_pca.describe_certificate_authority(CertificateAuthorityArn=pca_arn)
+    except Exception as exc:
+        if is_not_found(exc):
+            return None, [f"ACM Private CA {pca_arn} does not exist"]
+        raise
+    status = described["CertificateAuthority"]["Status"]
+    if status != "ACTIVE":
+        return None, [f"ACM Private CA {pca_arn} is {status}, not ACTIVE"]
+    found = acm_pca.get_certificate_authority_certificate(CertificateAuthorityArn=pca_arn)
+    return found["Certificate"], []

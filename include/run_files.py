@@ -12,9 +12,11 @@ Layout (bucket = settings.bucket, work = settings.work_prefix, run = the run id 
         chunks/{i}/devices.parquet               the devices of credentials chunk i (preflight)
         chunks/{i}/params.jsonl                  chunk i's parameter-file lines (issue_credentials)
         chunks/{i}/ledger.parquet                row <-> certificate id <-> line bytes (issue_credentials)
-        bundles/chunk-{i}.fkb                    encrypted private keys of chunk i (issue_credentials)
+        bundles/chunk-{i}.tar.p7m                private keys of chunk i: CMS around a tar (issue_credentials)
         params/{unit}.jsonl                      input of one registration task: its chunks'
                                                  params.jsonl in order (write_parameter_files)
+        certificates/{unit}.tar                  the unit's certificates when AWS or ACM PCA signed them
+                                                 (not in the bundles: plain tar, keys pair by file name)
         failed.csv                               retry manifest in the manifest's own columns (summarize)
         summary.json, report.md                  the batch summary (summarize)
 
@@ -82,7 +84,7 @@ class RunFiles:
         return f"{self.prefix}chunks/{index:05d}/ledger.parquet"
 
     def bundle(self, index: int) -> str:
-        return f"{self.prefix}bundles/chunk-{index:05d}.fkb"
+        return f"{self.prefix}bundles/chunk-{index:05d}.tar.p7m"
 
     @property
     def bundles_prefix(self) -> str:
@@ -90,6 +92,13 @@ class RunFiles:
 
     def params(self, unit: str) -> str:
         return f"{self.prefix}params/{safe_key_part(unit)}.jsonl"
+
+    def certificates(self, unit: str) -> str:
+        return f"{self.certificates_prefix}{safe_key_part(unit)}.tar"
+
+    @property
+    def certificates_prefix(self) -> str:
+        return f"{self.prefix}certificates/"
 
     @property
     def failed(self) -> str:

@@ -20,7 +20,7 @@ def _default_inventory_url() -> str:
 
 
 def _default_recipient() -> str:
-    return str(state_dir() / "factory-line" / "recipient.pub.pem")
+    return str(state_dir() / "factory-line" / "recipient.cert.pem")
 
 
 # Settings field -> environment variable.
@@ -35,6 +35,7 @@ ENV_NAMES = {
     "registration_task_lines": "PIPELINE_REGISTRATION_TASK_LINES",
     "workers": "PIPELINE_WORKERS",
     "bundle_recipient_public_key": "PIPELINE_BUNDLE_RECIPIENT",
+    "acm_pca_arn": "PIPELINE_ACM_PCA_ARN",
 }
 
 
@@ -53,6 +54,8 @@ class Settings:
     registration_task_lines: int = 100_000
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     bundle_recipient_public_key: str = field(default_factory=_default_recipient)
+    # The ACM Private CA that signs the certificates of acm_pca products (none: such products are refused).
+    acm_pca_arn: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -61,7 +64,7 @@ class Settings:
         local = state_dir(environ)
         values: dict[str, object] = {
             "inventory_url": f"sqlite:///{local / 'inventory.db'}",
-            "bundle_recipient_public_key": str(local / "factory-line" / "recipient.pub.pem"),
+            "bundle_recipient_public_key": str(local / "factory-line" / "recipient.cert.pem"),
         }
         types = {f.name: f.type for f in fields(cls)}
         for attribute, variable in names.items():
@@ -87,7 +90,7 @@ class Settings:
     def from_sources(
         cls, overrides: Mapping[str, object], environ: Mapping[str, str] = os.environ
     ) -> Settings:
-        """Settings from ``overrides`` (field name -> value, e.g. an Airflow Variable), then PIPELINE_* variables.
+        """Settings from ``overrides`` (field -> value, e.g. an Airflow Variable), then PIPELINE_* variables.
 
         Values go through the same parsing and checks as the environment's; unknown names are an error.
         """

@@ -50,7 +50,9 @@ def render_report(summary: dict[str, Any]) -> str:
     lines.append(f"| **whole run** | **{summary['durations']['total_seconds']:.1f}** | |")
     lines += ["", "## Files", ""]
     for name, location in summary["files"].items():
-        if isinstance(location, list):
+        if isinstance(location, dict):
+            lines.extend(f"- {name} of {part}: `{key}`" for part, key in location.items())
+        elif isinstance(location, list):
             lines.append(
                 f"- {name}: {len(location)} object(s) under `{location[0].rsplit('/', 1)[0]}/`"
                 if location

@@ -10,7 +10,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from include.catalog import RESERVED_PARAMETERS, Product
+from include.catalog import Product
 from include.errors import TemplateError
 
 MAX_TEMPLATE_BODY = 10240  # characters, StartThingRegistrationTask.templateBody
@@ -26,11 +26,15 @@ def _environment(directory: str) -> SandboxedEnvironment:
     )
 
 
-def render_template(product: Product, ca_certificate_pem: str) -> str:
-    """The template body for one product: compact JSON, at most 10240 characters, parameters checked."""
+def render_template(product: Product, ca_certificate_pem: str | None) -> str:
+    """The template body for one product: compact JSON, at most 10240 characters, parameters checked.
+
+    `ca_certificate_pem` is the CA that signs the product's certificates in IoT (none for modes whose
+    template names no CA: aws_issued, without_ca).
+    """
     template_path = Path(product.template)
     environment = _environment(str(template_path.parent))
-    context: dict[str, Any] = {**product.template_context(), "ca_certificate_pem": ca_certificate_pem}
+    context: dict[str, Any] = {**product.template_context(), "ca_certificate_pem": ca_certificate_pem or ""}
     try:
         text = environment.get_template(template_path.name).render(**context)
     except jinja2.UndefinedError as exc:
@@ -69,7 +73,7 @@ def template_parameters(document: dict[str, Any]) -> tuple[set[str], set[str]]:
 
 def line_parameters(product: Product) -> set[str]:
     """The keys every parameter-file line of this product carries."""
-    return set(RESERVED_PARAMETERS) | {a.parameter for a in product.attributes}
+    return {"ThingName", product.certificate_parameter} | {a.parameter for a in product.attributes}
 
 
 def check_parameters(product: Product, document: dict[str, Any]) -> None:

@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         local_state = work / "state"
         overrides: dict[str, Any] = {
             "inventory_url": f"sqlite:///{work / 'inventory.db'}",
-            "bundle_recipient_public_key": str(local_state / "factory-line" / "recipient.pub.pem"),
+            "bundle_recipient_public_key": str(local_state / "factory-line" / "recipient.cert.pem"),
         }
         if args.workers:
             overrides["workers"] = args.workers

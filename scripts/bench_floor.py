@@ -255,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     ca_pem, ca_key_pem = ca.certificate_pem, ca.private_key_pem()
     csrs = [device_csr(f"GW-200-GW{i:09d}") for i in range(1000)]
     products = {
-        "TH-100": ProductSpec("TH-100", "ec-p256", device_csr=False, attributes=ATTRIBUTES),
-        "GW-200": ProductSpec("GW-200", "ec-p256", device_csr=True, attributes=ATTRIBUTES),
+        "TH-100": ProductSpec("TH-100", "ec-p256", mode="own_ca_key", attributes=ATTRIBUTES),
+        "GW-200": ProductSpec("GW-200", "ec-p256", mode="device_csr", attributes=ATTRIBUTES),
     }
     modes: dict[str, tuple[pa.Table, Callable[[], Floor | None]]] = {
         "own-CA P-256": (

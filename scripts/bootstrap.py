@@ -29,7 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from include.catalog import Catalog, load_catalog
 from include.certificate_authority import CertificateAuthority, certificate_id_from_pem
-from include.key_bundle import generate_recipient
+from include.key_bundle import RECIPIENT_CERTIFICATE_FILE, RECIPIENT_KEY_FILE, generate_recipient
 from include.settings import Settings, state_dir
 from include.templates import render_template
 
@@ -37,6 +37,7 @@ INBOX_QUEUE = "factory-provisioning-inbox"
 REGISTRATION_POOL = "iot_bulk_registration"
 CA_CERTIFICATE_FILE = "factory-ca.pem"
 CA_KEY_FILE = "factory-ca.key.pem"
+ACM_PCA_ARN_FILE = "acm-pca-arn"
 
 # Devices connect as their thing and talk only on their own topics.
 DEVICE_POLICY = {
@@ -197,7 +198,7 @@ def ensure_catalog_resources(iot: Any, catalog: Catalog) -> dict[str, list[str]]
     created: dict[str, list[str]] = {"thing_types": [], "thing_groups": [], "policies": []}
     thing_types = sorted({p.thing_type for p in catalog.products.values() if p.thing_type})
     groups = sorted({g for p in catalog.products.values() for g in p.thing_groups})
-    policies = sorted({p.policy for p in catalog.products.values()})
+    policies = sorted({name for p in catalog.products.values() for name in (p.policy, *p.extra_policies)})
     for name in thing_types:
         if _ensure(
             lambda name=name: iot.describe_thing_type(thingTypeName=name),
@@ -223,13 +224,16 @@ def ensure_catalog_resources(iot: Any, catalog: Catalog) -> dict[str, list[str]]
 
 
 def ensure_provisioning_templates(
-    iot: Any, catalog: Catalog, ca_certificate_pem: str, role_arn: str
+    iot: Any, catalog: Catalog, ca_certificate_pem: str, role_arn: str, pca_certificate_pem: str | None = None
 ) -> list[str]:
     """One provisioning template per product (the same body bulk registration uses); returns those created."""
     created = []
     for product in catalog.products.values():
         name = f"factory-{product.model}"
-        body = render_template(product, ca_certificate_pem)
+        signer = pca_certificate_pem if product.certificate_mode == "acm_pca" else ca_certificate_pem
+        if signer is None:
+            continue  # an acm_pca product without a PCA: pre-flight says so
+        body = render_template(product, signer)
         if _ensure(
             lambda name=name: iot.describe_provisioning_template(templateName=name),
             lambda name=name, body=body, model=product.model: iot.create_provisioning_template(
@@ -244,10 +248,106 @@ def ensure_provisioning_templates(
     return created
 
 
+def ensure_acm_pca(
+    pca: Any, iot: Any, directory: Path, arn: str | None, create: bool
+) -> tuple[str | None, str | None, bool]:
+    """(ARN, CA certificate PEM, created) of the ACM Private CA acm_pca products use, its CA certificate
+    registered in IoT (verification certificate issued by the PCA itself). The ARN comes from
+    PIPELINE_ACM_PCA_ARN or $STATE_DIR/ca/acm-pca-arn; a new development PCA only with `create` (on a real
+    account a private CA costs a monthly fee: bring your own)."""
+    arn_file = directory / ACM_PCA_ARN_FILE
+    arn = arn or (arn_file.read_text().strip() if arn_file.exists() else None)
+    created = False
+    if arn is None:
+        if not create:
+            return None, None, False
+        arn, created = _create_root_pca(pca), True
+        directory.mkdir(parents=True, exist_ok=True)
+        arn_file.write_text(arn + "\n")
+    ca_pem = pca.get_certificate_authority_certificate(CertificateAuthorityArn=arn)["Certificate"]
+    ca_id = certificate_id_from_pem(ca_pem)
+    try:
+        iot.describe_ca_certificate(certificateId=ca_id)
+    except ClientError as error:
+        if _code(error) != "ResourceNotFoundException":
+            raise
+        code = iot.get_registration_code()["registrationCode"]
+        verification = _pca_issue(pca, arn, _csr(code), None, days=1)
+        iot.register_ca_certificate(
+            caCertificate=ca_pem,
+            verificationCertificate=verification,
+            setAsActive=True,
+            allowAutoRegistration=False,
+        )
+    return arn, ca_pem, created
+
+
+def _csr(common_name: str) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(name)
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+
+
+def _pca_issue(pca: Any, arn: str, csr: bytes, template: str | None, days: int) -> str:
+    kwargs = {"TemplateArn": template} if template else {}
+    issued = pca.issue_certificate(
+        CertificateAuthorityArn=arn,
+        Csr=csr,
+        SigningAlgorithm="SHA256WITHECDSA",
+        Validity={"Value": days, "Type": "DAYS"},
+        **kwargs,
+    )
+    pca.get_waiter("certificate_issued").wait(
+        CertificateAuthorityArn=arn, CertificateArn=issued["CertificateArn"], WaiterConfig={"Delay": 1}
+    )
+    return pca.get_certificate(CertificateAuthorityArn=arn, CertificateArn=issued["CertificateArn"])[
+        "Certificate"
+    ]
+
+
+def _create_root_pca(pca: Any) -> str:
+    """A root ACM Private CA, P-256, with its self-issued CA certificate installed (ACTIVE)."""
+    arn = pca.create_certificate_authority(
+        CertificateAuthorityConfiguration={
+            "KeyAlgorithm": "EC_prime256v1",
+            "SigningAlgorithm": "SHA256WITHECDSA",
+            "Subject": {
+                "CommonName": "Factory Development Private CA",
+                "Organization": "Example Devices Ltd",
+            },
+        },
+        CertificateAuthorityType="ROOT",
+        Tags=[{"Key": "purpose", "Value": "factory-development-pca"}],
+    )["CertificateAuthorityArn"]
+    csr = pca.get_certificate_authority_csr(CertificateAuthorityArn=arn)["Csr"].encode()
+    root = _pca_issue(pca, arn, csr, "arn:aws:acm-pca:::template/RootCACertificate/V1", days=3650)
+    pca.import_certificate_authority_certificate(CertificateAuthorityArn=arn, Certificate=root.encode())
+    return arn
+
+
 def ensure_factory_line_keys(directory: Path) -> bool:
-    """The factory line's key pair that opens the per-batch key bundles (private key stays on the line)."""
-    if (directory / "recipient.pub.pem").exists() and (directory / "recipient.key.pem").exists():
+    """The factory line's RSA key and self-signed certificate that open the key bundles (the key stays there).
+
+    A pair from before CMS bundles (recipient.key.pem without recipient.cert.pem, EC by default) is kept as
+    recipient-fkb1.*.pem, so the FKB1 bundles sealed for it still open (python -m include.key_bundle open).
+    """
+    key = directory / RECIPIENT_KEY_FILE
+    if key.exists() and (directory / RECIPIENT_CERTIFICATE_FILE).exists():
         return False
+    for old in (key, directory / "recipient.pub.pem"):
+        legacy = directory / old.name.replace("recipient.", "recipient-fkb1.", 1)
+        if old.exists() and not legacy.exists():  # never overwrite a kept FKB1 key
+            old.rename(legacy)
     generate_recipient(directory)
     return True
 
@@ -306,11 +406,18 @@ def bootstrap(
     report["ca_key"] = str(local_state / "ca" / CA_KEY_FILE)
     report["ca_registration"] = ensure_ca_registered(iot, certificate_pem, key_pem)
     report["created"] = ensure_catalog_resources(iot, catalog)
+    pca_pem = None
+    if any(p.certificate_mode == "acm_pca" for p in catalog.products.values()):
+        pca = session.client("acm-pca", endpoint_url=endpoint_url)
+        arn, pca_pem, created = ensure_acm_pca(
+            pca, iot, local_state / "ca", settings.acm_pca_arn, create_dev_ca
+        )
+        report.update(acm_pca_arn=arn, acm_pca_created=created)
     report["created"]["provisioning_templates"] = ensure_provisioning_templates(
-        iot, catalog, certificate_pem, settings.registration_role_arn
+        iot, catalog, certificate_pem, settings.registration_role_arn, pca_pem
     )
     report["factory_line_keys_created"] = ensure_factory_line_keys(local_state / "factory-line")
-    report["factory_line_public_key"] = str(local_state / "factory-line" / "recipient.pub.pem")
+    report["factory_line_certificate"] = str(local_state / "factory-line" / "recipient.cert.pem")
     if connections_file:
         write_connections_file(connections_file, certificate_pem, key_pem)
         report["connections_file"] = str(connections_file)

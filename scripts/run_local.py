@@ -357,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
                 Path(report["ca_certificate"]), Path(report["ca_key"])
             )
             env["PIPELINE_INBOX_QUEUE_URL"] = report["inbox_queue_url"]
+            if report.get("acm_pca_arn"):
+                env["PIPELINE_ACM_PCA_ARN"] = report["acm_pca_arn"]
             run_log = logs / f"dag-run-{time.strftime('%Y%m%dT%H%M%S')}.log"
             say(f"running {args.dag} with conf {json.dumps(conf or {})} (log {run_log})")
             succeeded = run_dag(args.dag, conf or {}, env, run_log, args.timeout)

@@ -19,6 +19,15 @@ def aws_clients(aws_conn_id: str | None = AWS_CONN_ID) -> tuple[Any, Any]:
     return S3Hook(aws_conn_id=aws_conn_id).get_conn(), IotHook(aws_conn_id=aws_conn_id).conn
 
 
+def acm_pca_client(aws_conn_id: str | None = AWS_CONN_ID) -> Any:
+    """The ACM Private CA client of the Airflow AWS connection, with botocore's standard retries."""
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+    from botocore.config import Config
+
+    config = Config(retries={"mode": "standard", "max_attempts": 10})
+    return AwsBaseHook(aws_conn_id=aws_conn_id, client_type="acm-pca", config=config).conn
+
+
 def _ca_from_connection(
     password: str | None, extra: str | dict[str, Any] | None, conn_id: str
 ) -> tuple[str, str]:

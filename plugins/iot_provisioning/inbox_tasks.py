@@ -15,12 +15,12 @@ from plugins.iot_provisioning.inbox import PROVISION_DAG_ID
 def select_new_manifests(uris: list[str]) -> list[dict[str, Any]]:
     """Hash each manifest's content; drop content the inventory already knows (never the same twice)."""
     from include.inventory import Inventory
-    from include.settings import Settings
     from plugins.iot_provisioning.connections import aws_clients
     from plugins.iot_provisioning.inbox import content_sha256, run_requests
+    from plugins.iot_provisioning.settings_source import pipeline_settings
 
     s3, _ = aws_clients(AWS_CONN_ID)
-    inventory = Inventory(Settings.from_env().inventory_url)
+    inventory = Inventory(pipeline_settings().inventory_url)
     manifests = [{"uri": uri, "sha256": content_sha256(s3, uri)} for uri in uris]
     known = [m["sha256"] for m in manifests if inventory.batch_known(m["sha256"])]
     return run_requests(manifests, known)

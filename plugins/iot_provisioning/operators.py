@@ -70,9 +70,9 @@ class StartThingRegistrationTaskOperator(AwsBaseOperator[IotHook]):
         """(registration module, settings, batch record, unit record); imported late: parsing stays light."""
         from include import registration
         from include.records import Batch, RegistrationUnit
-        from include.settings import Settings
+        from plugins.iot_provisioning.settings_source import pipeline_settings
 
-        return registration, Settings.from_env(), Batch.of(self.batch), RegistrationUnit.of(self.unit)
+        return registration, pipeline_settings(), Batch.of(self.batch), RegistrationUnit.of(self.unit)
 
     def _aws_kwargs(self) -> dict[str, Any]:
         return {

@@ -27,10 +27,10 @@ def fail_fast_on_input_errors(run_id: str, source: str) -> Iterator[None]:
         yield
     except PipelineError as error:
         from include import pipeline
-        from include.settings import Settings
+        from plugins.iot_provisioning.settings_source import pipeline_settings
 
         with contextlib.suppress(Exception):  # the inventory itself may be what is broken
-            pipeline.fail_run(Settings.from_env(), run_id, source, error)
+            pipeline.fail_run(pipeline_settings(), run_id, source, error)
         raise AirflowFailException(str(error)) from error
 
 

@@ -58,7 +58,14 @@ def test_params_are_validated(dagbag):
     assert params.get_param("max_devices").resolve(5) == 5
     assert params.get_param("product").resolve(None) is None
     assert params.get_param("product").resolve("GW-200") == "GW-200"
-    assert params.get_param("product").schema["enum"] == [None, "GW-200", "TH-100"]
+    assert params.get_param("product").schema["enum"] == [
+        None,
+        "CM-400",
+        "GW-200",
+        "RL-500",
+        "SN-300",
+        "TH-100",
+    ]
     from airflow.sdk.exceptions import ParamValidationError
 
     refused = (("max_devices", 0), ("dry_run", "yes"), ("product", "no spaces allowed"), ("manifest", ""))

@@ -54,7 +54,7 @@ class FakeDomain:
             accepted_key="a", quarantine_key="q",
         )  # fmt: skip
 
-    def preflight(self, s3, iot, settings, batch, *, ca_certificate_pem=None, is_live=None):
+    def preflight(self, s3, iot, settings, batch, *, ca_certificate_pem=None, is_live=None, acm_pca=None):
         self._record("preflight", ("BEGIN CERTIFICATE" in (ca_certificate_pem or ""), is_live("x", None)))
         chunks = [
             Chunk(index=i, group="TH-100", unit="TH-100.1", devices=1, first_row=i + 1, last_row=i + 1)
@@ -65,7 +65,10 @@ class FakeDomain:
             report_key="p", dry_run=batch.dry_run, problems=[],
         )  # fmt: skip
 
-    def issue_credentials(self, s3, settings, batch, chunk, ca_certificate_pem, ca_private_key_pem):
+    def issue_credentials(
+        self, s3, settings, batch, chunk, ca_certificate_pem, ca_private_key_pem, *, iot=None, acm_pca=None
+    ):
+        assert iot is not None and acm_pca is not None  # clients for the modes that call AWS while issuing
         self._record("issue_credentials", chunk.index)
         assert "PRIVATE KEY" in ca_private_key_pem
         return ChunkResult(

@@ -3,3 +3,4 @@
 from __future__ import annotations
 
 from tests.dags.airflow_support import airflow_db, aws_connection_env, factory_ca_env  # noqa: F401
+from tests.e2e.dag_runs import pipeline  # noqa: F401

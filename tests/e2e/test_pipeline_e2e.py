@@ -13,93 +13,17 @@ import io
 import json
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from tests.dags.airflow_support import DAGS_DIR
+from tests.e2e.dag_runs import Pipeline, inventory_rows, scan_for_secrets, states, xcom
 
 pytestmark = pytest.mark.airflow
 
 OUTCOMES = ("provisioned", "failed", "quarantined", "skipped")
-
-
-@dataclass
-class Pipeline:
-    """What a test needs: the DAG, AWS clients on the emulator, settings, the CA key (to scan for it)."""
-
-    dag: Any
-    iot: Any
-    s3: Any
-    settings: Any
-    ca_key_pem: str
-    emulator: Any
-
-    def run(self, manifest: Path, **conf: Any) -> tuple[Any, dict[str, Any]]:
-        run = self.dag.test(run_conf={"manifest": str(manifest), **conf})
-        return run, _xcom(run.run_id, "summarize")
-
-
-def _xcom(run_id: str, task_id: str) -> Any:
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        row = session.scalars(
-            sa.select(XComModel).where(
-                XComModel.dag_id == "provision_factory_batch",
-                XComModel.run_id == run_id,
-                XComModel.task_id == task_id,
-                XComModel.key == "return_value",
-            )
-        ).first()
-        return XComModel.deserialize_value(row) if row is not None else None
-
-
-def _states(run: Any) -> dict[str, list[str]]:
-    states: dict[str, list[str]] = {}
-    for ti in run.get_task_instances():
-        states.setdefault(ti.task_id, []).append(str(ti.state))
-    return states
-
-
-@pytest.fixture
-def pipeline(
-    fresh_emulator, aws_connection_env, airflow_db, inventory_url, tmp_path, monkeypatch
-) -> Pipeline:
-    from airflow.models import DagBag
-
-    from include.settings import Settings
-    from scripts.bootstrap import bootstrap
-    from scripts.run_local import factory_ca_connection
-
-    state = tmp_path / "state"
-    monkeypatch.setenv("STATE_DIR", str(state))
-    monkeypatch.setenv("PIPELINE_INVENTORY_URL", inventory_url)
-    monkeypatch.setenv("PIPELINE_CHUNK_SIZE", "16")  # several mapped credential chunks on a small batch
-    monkeypatch.setenv("PIPELINE_WORKERS", "1")
-    monkeypatch.setenv("PIPELINE_REGISTRATION_POLL_SECONDS", "1")
-    settings = Settings.from_env()
-    report = bootstrap(
-        endpoint_url=fresh_emulator.endpoint_url, local_state=state, settings=settings, region="us-east-1"
-    )
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_FACTORY_CA",
-        factory_ca_connection(Path(report["ca_certificate"]), Path(report["ca_key"])),
-    )
-    bag = DagBag(dag_folder=str(DAGS_DIR / "provision_factory_batch.py"))
-    assert not bag.import_errors
-    return Pipeline(
-        dag=bag.dags["provision_factory_batch"],
-        iot=fresh_emulator.client("iot"),
-        s3=fresh_emulator.client("s3"),
-        settings=settings,
-        ca_key_pem=Path(report["ca_key"]).read_text(),
-        emulator=fresh_emulator,
-    )
 
 
 def hostile_manifest(path: Path, devices: int = 44, bad_rows: int = 12, seed: int = 11) -> int:
@@ -129,27 +53,9 @@ def _count(paginator_client: Any, operation: str, key: str) -> int:
     return sum(len(page[key]) for page in paginator_client.get_paginator(operation).paginate())
 
 
-def _inventory_rows(url: str) -> dict[str, list[dict]]:
-    from include.inventory_schema import engine_for, metadata
-
-    engine = engine_for(url)
-    with engine.connect() as connection:
-        return {
-            name: [dict(row) for row in connection.execute(sa.select(table)).mappings()]
-            for name, table in metadata.tables.items()
-        }
-
-
 def _assert_accounted(summary: dict[str, Any], rows: int) -> None:
     assert summary["rows"] == rows
     assert sum(summary[outcome] for outcome in OUTCOMES) == rows, {k: summary[k] for k in OUTCOMES}
-
-
-def _scan_for_secrets(texts: dict[str, bytes], ca_key_pem: str) -> list[str]:
-    """Names of the texts that hold any private key (PEM marker) or the CA key's body."""
-    key_body = "".join(ca_key_pem.strip().splitlines()[1:-1]).encode()
-    needles = (b"PRIVATE KEY", key_body[:40], key_body[-40:])
-    return [name for name, data in texts.items() if any(needle in data for needle in needles)]
 
 
 def test_hostile_batch_end_to_end_then_idempotent_rerun(pipeline: Pipeline, tmp_path, capfd, caplog):
@@ -159,7 +65,7 @@ def test_hostile_batch_end_to_end_then_idempotent_rerun(pipeline: Pipeline, tmp_
     pipeline.emulator.faults.update({"fail_lines": [2]})  # AWS refuses line 2 of every registration task
 
     run, summary = pipeline.run(manifest)
-    assert run.state == "success", _states(run)
+    assert run.state == "success", states(run)
     _assert_accounted(summary, rows)
     assert summary["quarantined"] >= 13  # 12 generated bad rows + the duplicate serial
     assert summary["reasons"].get("duplicate_serial", 0) >= 1
@@ -169,7 +75,7 @@ def test_hostile_batch_end_to_end_then_idempotent_rerun(pipeline: Pipeline, tmp_
     assert summary["skipped"] == 0
 
     # The inventory agrees with AWS IoT: every provisioned device's thing holds its certificate.
-    inventory = _inventory_rows(pipeline.settings.inventory_url)
+    inventory = inventory_rows(pipeline.settings.inventory_url)
     devices = {d["thing_name"]: d for d in inventory["devices"]}
     provisioned = [d for d in devices.values() if d["status"] == "provisioned"]
     failed = [d for d in devices.values() if d["status"] == "failed"]
@@ -204,13 +110,13 @@ def test_hostile_batch_end_to_end_then_idempotent_rerun(pipeline: Pipeline, tmp_
     # succeed, and nothing is created twice.
     pipeline.emulator.faults.reset()
     run2, again = pipeline.run(manifest)
-    assert run2.state == "success", _states(run2)
+    assert run2.state == "success", states(run2)
     _assert_accounted(again, rows)
     assert again["batch_id"] == summary["batch_id"] and again["run_id"] != summary["run_id"]
     assert again["skipped"] == summary["provisioned"]
     assert again["provisioned"] == summary["failed"] and again["failed"] == 0
     assert again["quarantined"] == summary["quarantined"]
-    inventory2 = _inventory_rows(pipeline.settings.inventory_url)
+    inventory2 = inventory_rows(pipeline.settings.inventory_url)
     assert len(inventory2["devices"]) == len(inventory["devices"])
     assert _count(pipeline.iot, "list_things", "things") == things + summary["failed"]
     assert _count(pipeline.iot, "list_certificates", "certificates") == certificates + summary["failed"]
@@ -218,7 +124,7 @@ def test_hostile_batch_end_to_end_then_idempotent_rerun(pipeline: Pipeline, tmp_
     # Third run: everything already there, so nothing is registered at all.
     tasks_before = _count(pipeline.iot, "list_thing_registration_tasks", "taskIds")
     run3, third = pipeline.run(manifest)
-    assert run3.state == "success", _states(run3)
+    assert run3.state == "success", states(run3)
     _assert_accounted(third, rows)
     assert third["provisioned"] == third["failed"] == 0
     assert third["skipped"] == rows - third["quarantined"]
@@ -236,7 +142,7 @@ def test_hostile_batch_end_to_end_then_idempotent_rerun(pipeline: Pipeline, tmp_
             texts[f"xcom {row.run_id}/{row.task_id}/{row.map_index}"] = json.dumps(
                 row.value, default=str
             ).encode()
-    for table, table_rows in _inventory_rows(pipeline.settings.inventory_url).items():
+    for table, table_rows in inventory_rows(pipeline.settings.inventory_url).items():
         texts[f"inventory {table}"] = json.dumps(table_rows, default=str).encode()
     for bucket in pipeline.s3.list_buckets()["Buckets"]:
         for page in pipeline.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket["Name"]):
@@ -244,19 +150,19 @@ def test_hostile_batch_end_to_end_then_idempotent_rerun(pipeline: Pipeline, tmp_
                 body = pipeline.s3.get_object(Bucket=bucket["Name"], Key=item["Key"])["Body"].read()
                 texts[f"s3://{bucket['Name']}/{item['Key']}"] = body
     assert any(name.endswith("params.jsonl") or ".jsonl" in name for name in texts)
-    assert _scan_for_secrets(texts, pipeline.ca_key_pem) == []
+    assert scan_for_secrets(texts, pipeline.ca_key_pem) == []
     # The scan can fail: shown the CA key itself, it reports it.
-    assert _scan_for_secrets({"probe": pipeline.ca_key_pem.encode()}, pipeline.ca_key_pem) == ["probe"]
+    assert scan_for_secrets({"probe": pipeline.ca_key_pem.encode()}, pipeline.ca_key_pem) == ["probe"]
 
 
 def test_dry_run_stops_after_preflight(pipeline: Pipeline, tmp_path):
     manifest = tmp_path / "dry.csv"
     rows = hostile_manifest(manifest, devices=20, bad_rows=3, seed=5)
     run = pipeline.dag.test(run_conf={"manifest": str(manifest), "dry_run": True})
-    assert run.state == "success", _states(run)
-    checks = _xcom(run.run_id, "preflight")
+    assert run.state == "success", states(run)
+    checks = xcom(run.run_id, "preflight")
     assert checks["dry_run"] is True and checks["to_provision"] > 0
-    summary = _xcom(run.run_id, "summarize")
+    summary = xcom(run.run_id, "summarize")
     assert summary["dry_run"] and summary["accounted"] and summary["planned"] == checks["to_provision"]
     assert summary["provisioned"] == 0 and summary["registration_tasks"] == []
     assert _count(pipeline.iot, "list_things", "things") == 0
@@ -291,7 +197,7 @@ def test_register_lost_after_start_resumes_the_same_aws_task(
     register.partial_kwargs["retry_exponential_backoff"] = False
 
     run, summary = pipeline.run(manifest)
-    assert run.state == "success", _states(run)
+    assert run.state == "success", states(run)
     _assert_accounted(summary, rows)
     task_ids = pipeline.iot.list_thing_registration_tasks()["taskIds"]
     assert len(task_ids) == len(summary["registration_tasks"])  # one per group, never a second start
@@ -372,7 +278,7 @@ def test_every_serial_the_contract_allows_is_provisioned_or_refused_precisely(pi
     manifest.write_text(out.getvalue(), encoding="utf-8")
 
     run, summary = pipeline.run(manifest)
-    assert run.state == "success", _states(run)
+    assert run.state == "success", states(run)
     _assert_accounted(summary, 5)
     assert (summary["provisioned"], summary["quarantined"]) == (3, 2)
     assert summary["reasons"] == {"thing_name_too_long": 1, "invalid_attribute_value": 1}

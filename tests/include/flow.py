@@ -40,15 +40,13 @@ def prepare_account(
 ) -> None:
     """Bucket, thing types, groups, policies of the catalog and the factory CA (registered, ACTIVE)."""
     s3.create_bucket(Bucket=settings.bucket)
-    catalog = load_catalog(settings.catalog_path)
-    for product in catalog.products.values():
-        if product.thing_type and product.thing_type not in skip:
-            iot.create_thing_type(thingTypeName=product.thing_type)
-        for group in product.thing_groups:
-            if group not in skip:
-                iot.create_thing_group(thingGroupName=group)
-        if product.policy not in skip:
-            iot.create_policy(policyName=product.policy, policyDocument=json.dumps(POLICY))
+    products = load_catalog(settings.catalog_path).products.values()
+    for thing_type in sorted({p.thing_type for p in products if p.thing_type} - skip):
+        iot.create_thing_type(thingTypeName=thing_type)
+    for group in sorted({g for p in products for g in p.thing_groups} - skip):
+        iot.create_thing_group(thingGroupName=group)
+    for policy in sorted({name for p in products for name in (p.policy, *p.extra_policies)} - skip):
+        iot.create_policy(policyName=policy, policyDocument=json.dumps(POLICY))
     code = iot.get_registration_code()["registrationCode"]
     iot.register_ca_certificate(
         caCertificate=ca.certificate_pem,
@@ -83,18 +81,21 @@ def run_flow(
     run_id: str,
     *,
     is_live: Any = None,
+    acm_pca: Any = None,
     **options: Any,
 ) -> dict:
     """intake -> validate -> preflight -> credentials per chunk -> parameter files -> register -> summary."""
     batch = pipeline.intake(s3, settings, source, run_id=run_id, **options)
     pipeline.validate(s3, settings, batch)
     checks = pipeline.preflight(
-        s3, iot, settings, batch, ca_certificate_pem=ca.certificate_pem, is_live=is_live
+        s3, iot, settings, batch, ca_certificate_pem=ca.certificate_pem, is_live=is_live, acm_pca=acm_pca
     )
     reconciled = []
     if not checks.dry_run:
         results = [
-            pipeline.issue_credentials(s3, settings, batch, chunk, ca.certificate_pem, ca.private_key_pem())
+            pipeline.issue_credentials(
+                s3, settings, batch, chunk, ca.certificate_pem, ca.private_key_pem(), iot=iot, acm_pca=acm_pca
+            )
             for chunk in checks.chunks
         ]
         for unit in pipeline.write_parameter_files(s3, settings, batch, checks, results):

@@ -52,7 +52,6 @@ def test_shipped_catalog(catalog):
         "ec-p256",
         "device_csr",
     )
-    assert th.thing_name_for({"model": "TH-100", "serial_number": "A1"}) == "TH-100-A1"
     assert th.group == "TH-100" and th.max_attributes == 50
 
 
@@ -88,12 +87,23 @@ def test_rendered_template_is_compact_json_with_parameters_for_every_line(catalo
         assert len(body) <= MAX_TEMPLATE_BODY and "\n " not in body
         document = json.loads(body)
         required, optional = template_parameters(document)
-        assert required == {"ThingName", "CertificatePem"}
+        assert required == {"ThingName", product.certificate_parameter}
         assert line_parameters(product) == required | optional
         resources = document["Resources"]
-        assert resources["certificate"]["Properties"]["CACertificatePem"] == ca.certificate_pem
-        assert resources["certificate"]["Properties"]["Status"] == "ACTIVE"
+        certificate = resources["certificate"]["Properties"]
+        # Each mode's certificate: a PEM under the CA that signs it, AWS's signature of a CSR, or an id.
+        expected = {
+            "CertificatePem": {
+                "CertificatePem": {"Ref": "CertificatePem"},
+                "CACertificatePem": ca.certificate_pem,
+            },
+            "CSR": {"CertificateSigningRequest": {"Ref": "CSR"}},
+            "CertificateId": {"CertificateId": {"Ref": "CertificateId"}},
+        }[product.certificate_parameter]
+        assert certificate == {**expected, "Status": "ACTIVE"}
         assert resources["policy"]["Properties"] == {"PolicyName": product.policy}
+        extra = [r["Properties"]["PolicyName"] for k, r in resources.items() if k.startswith("policy_")]
+        assert extra == list(product.extra_policies)
         thing = resources["thing"]["Properties"]
         assert thing["ThingTypeName"] == product.thing_type and thing["ThingGroups"] == list(
             product.thing_groups

@@ -1,4 +1,4 @@
-"""Credentials per chunk (inline and on the process pool) and the encrypted key bundle."""
+"""Credentials per chunk (inline and on the process pool) and the key bundle entries they hand over."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import os
-import stat
 from pathlib import Path
 
 import orjson
@@ -18,11 +17,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from include import credentials, key_bundle
+from include import credentials, key_bundle_archive
 from include.catalog import Attribute, Product
 from include.certificate_authority import CertificateAuthority, certificate_id
 from include.credentials import ProductSpec, issue_chunk
-from include.errors import CertificateAuthorityError, KeyBundleError
+from include.errors import CertificateAuthorityError
 from include.worker_pool import shutdown_workers, worker_pids, worker_pool
 from scripts.generate_manifest import device_csr
 
@@ -32,11 +31,11 @@ def ca() -> CertificateAuthority:
     return CertificateAuthority.create_development()
 
 
-TH = ProductSpec("TH-100", "ec-p256", device_csr=False, attributes=(("serial_number", "SerialNumber"),))
+TH = ProductSpec("TH-100", "ec-p256", mode="own_ca_key", attributes=(("serial_number", "SerialNumber"),))
 GW = ProductSpec(
-    "GW-200", "ec-p256", device_csr=True, attributes=(("mac_address", "MacAddress"), ("line", "Line"))
+    "GW-200", "ec-p256", mode="device_csr", attributes=(("mac_address", "MacAddress"), ("line", "Line"))
 )
-LK = ProductSpec("LK-300", "rsa-2048", device_csr=False, attributes=())
+LK = ProductSpec("LK-300", "rsa-2048", mode="own_ca_key", attributes=())
 PRODUCTS = {"TH-100": TH, "GW-200": GW, "LK-300": LK}
 
 
@@ -67,6 +66,12 @@ def _devices(count: int) -> pa.Table:
 
 def _lines(blob: bytes) -> list[dict]:
     return [orjson.loads(line) for line in blob.splitlines()]
+
+
+def _bundle(output: credentials.ChunkOutput) -> list[dict]:
+    """The devices of a chunk's bundle entries as the factory line reads them (the archive, unencrypted)."""
+    tar = key_bundle_archive.archive(output.bundle, output.sealed, {})
+    return list(key_bundle_archive.records(key_bundle_archive.read_archive(tar)))
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -107,7 +112,7 @@ def test_chunk_in_order_keys_match_certificates(ca, workers):
                 assert list(line) == ["ThingName", "CertificatePem", "SerialNumber"]
     assert _lines(output.params["TH-100"])[0]["SerialNumber"] == "T_1"
 
-    bundle = _lines(output.bundle)
+    bundle = _bundle(output)
     assert [b["row"] for b in bundle] == [e["row"] for e in ledger.to_pylist() if e["group"] == "TH-100"]
     for record in bundle:
         assert record["private_key_pem"].startswith("-----BEGIN PRIVATE KEY-----")  # PKCS8, unencrypted
@@ -204,9 +209,9 @@ def test_validity_days_per_product(ca):
     output = issue_chunk(_table([(1, "TH-100", "A", None)]), short, ca.certificate_pem, ca.private_key_pem())
     cert = x509.load_pem_x509_certificate(_lines(output.params["TH-100"])[0]["CertificatePem"].encode())
     assert cert.not_valid_after_utc - cert.not_valid_before_utc == dt.timedelta(days=30, minutes=5)
-    assert ProductSpec("X", "ec-p256", False, ()).validity_days == 3650
+    assert ProductSpec("X", "ec-p256", ()).validity_days == 3650
     with pytest.raises(ValueError, match="at least 1"):
-        ProductSpec("X", "ec-p256", False, (), validity_days=0)
+        ProductSpec("X", "ec-p256", (), validity_days=0)
 
 
 def test_product_spec_of_a_catalog_product():
@@ -218,9 +223,7 @@ def test_product_spec_of_a_catalog_product():
         certificate_mode="own_ca_key",
         attributes=(Attribute(column="mac_address", name="macAddress"),),
     )
-    assert ProductSpec.of(product) == ProductSpec(
-        "TH-100", "ec-p256", False, (("mac_address", "MacAddress"),)
-    )
+    assert ProductSpec.of(product) == ProductSpec("TH-100", "ec-p256", (("mac_address", "MacAddress"),))
 
 
 def test_minimal_and_empty_tables(ca):
@@ -251,74 +254,9 @@ def test_rsa_product_keys(ca):
     output = issue_chunk(
         _table([(1, "LK-300", "1", None)]), PRODUCTS, ca.certificate_pem, ca.private_key_pem()
     )
-    (record,) = _lines(output.bundle)
+    (record,) = _bundle(output)
     key = serialization.load_pem_private_key(record["private_key_pem"].encode(), None)
     assert key.key_size == 2048
     cert = x509.load_pem_x509_certificate(record["certificate_pem"].encode())
     assert cert.public_key() == key.public_key()
     cert.verify_directly_issued_by(ca.certificate)
-
-
-@pytest.mark.parametrize("rsa", [False, True])
-def test_bundle_round_trip(tmp_path, rsa):
-    private_path, public_path = key_bundle.generate_recipient(tmp_path / "line", use_rsa=rsa)
-    assert stat.S_IMODE(os.stat(private_path).st_mode) == 0o600
-    records = [
-        {
-            "thing_name": f"TH-100-{i}",
-            "serial_number": str(i),
-            "model": "TH-100",
-            "row": i,
-            "certificate_id": "c" * 64,
-            "certificate_pem": "CERT",
-            "private_key_pem": f"KEY{i}",
-        }
-        for i in range(3)
-    ]
-    sealed = key_bundle.seal(records, public_path.read_bytes(), batch_id="b" * 64, chunk=7)
-    assert b"KEY1" not in sealed
-    header = key_bundle.read_header(sealed)
-    assert (header["count"], header["chunk"], header["cipher"]) == (3, 7, "AES-256-GCM")
-    assert header["wrap"]["alg"] == ("RSA-OAEP-SHA256" if rsa else "ECDH-P256-HKDF-SHA256-A256GCM")
-    assert list(key_bundle.open_bundle(sealed, private_path.read_bytes())) == records
-
-    out = tmp_path / "opened"
-    bundle_path = tmp_path / "chunk.fkb"
-    bundle_path.write_bytes(sealed)
-    assert key_bundle.main(["open", str(bundle_path), "--key", str(private_path), "--out", str(out)]) == 0
-    assert (out / "TH-100-1.key.pem").read_text() == "KEY1"
-    assert stat.S_IMODE(os.stat(out / "TH-100-1.key.pem").st_mode) == 0o600
-    assert (out / "index.csv").read_text().count("\n") == 4
-
-
-def test_bundle_refuses_wrong_key_and_tampering(tmp_path):
-    _, public_path = key_bundle.generate_recipient(tmp_path / "line")
-    other_private, _ = key_bundle.generate_recipient(tmp_path / "other")
-    sealed = key_bundle.seal([{"private_key_pem": "K"}], public_path.read_bytes(), batch_id="b", chunk=0)
-    with pytest.raises(KeyBundleError, match="another factory-line key"):
-        list(key_bundle.open_bundle(sealed, other_private.read_bytes()))
-    own_private = tmp_path / "line" / "recipient.key.pem"
-    flipped = bytearray(sealed)
-    flipped[-1] ^= 1
-    with pytest.raises(KeyBundleError, match="damaged or was altered"):
-        list(key_bundle.open_bundle(bytes(flipped), own_private.read_bytes()))
-    header_changed = sealed.replace(b'"count": 1', b'"count": 2')
-    with pytest.raises(KeyBundleError, match="damaged or was altered"):
-        list(key_bundle.open_bundle(header_changed, own_private.read_bytes()))
-    with pytest.raises(KeyBundleError, match="magic"):
-        key_bundle.read_header(b"PK\x03\x04")
-    bundle_path = tmp_path / "x.fkb"
-    bundle_path.write_bytes(sealed)
-    code = key_bundle.main(
-        ["open", str(bundle_path), "--key", str(other_private), "--out", str(tmp_path / "o")]
-    )
-    assert code == 1
-
-
-def test_weak_recipients_are_refused(tmp_path):
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP384R1()).public_key()
-    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    with pytest.raises(KeyBundleError, match="RSA"):
-        key_bundle.seal([], pem, batch_id="b", chunk=0)

@@ -83,15 +83,16 @@ def test_sample_manifest_twice(fresh_emulator, iot_client, s3_client, tmp_path, 
     assert json.loads(params[outcome["param_line"] - 1])["ThingName"] == entry["thing_name"]
 
     # The factory line opens every bundle; together they hold one key per TH-100 device, none for GW-200.
-    bundles = [k for k in objects if k.endswith(".fkb")]
+    bundles = [k for k in objects if k.endswith(".tar.p7m")]
     assert bundles == first["files"]["bundles"]
-    records = [r for k in bundles for r in open_bundle(objects[k], line_key.read_bytes())]
+    certificate = (line_key.parent / "recipient.cert.pem").read_bytes()
+    records = [r for k in bundles for r in open_bundle(objects[k], line_key.read_bytes(), certificate)]
     assert len(records) == sum(1 for e in ledger if e["model"] == "TH-100")
     assert {r["certificate_id"] for r in records} <= {e["certificate_id"] for e in ledger}
 
     # No private key anywhere but inside the encrypted bundles.
     for key, data in objects.items():
-        if not key.endswith(".fkb"):
+        if not key.endswith(".tar.p7m"):
             assert b"PRIVATE KEY" not in data, key
     assert "PRIVATE KEY" not in _dump_inventory(inventory_url)
     assert "PRIVATE KEY" not in json.dumps(first, default=str)

@@ -21,7 +21,8 @@ def _requests(count: int, first: int = 1, prefix: str = "TH-100-") -> list[tuple
 
 def _device(name: str, status: str, row: int = 1) -> tuple:
     cert = "c" * 64 if status == PROVISIONED else None
-    return (name, "TH-100", name.rsplit("-", 1)[-1], status, "arn:thing", cert, None, row, "task", None, None)
+    fields = (name, "TH-100", name.rsplit("-", 1)[-1], status, "arn:thing", cert, None, "ca-1", row, "task")
+    return (*fields, None, None)
 
 
 def test_batches_and_runs(inventory_url):

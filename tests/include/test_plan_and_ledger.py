@@ -57,6 +57,7 @@ def _ledger(lines: list[bytes]) -> UnitLedger:
             "model": ["TH-100"] * 3,
             "serial_number": ["1", "2", "3"],
             "certificate_id": ["a" * 64, "b" * 64, "c" * 64],
+            "issuer": ["ca"] * 3,
             "bytes": [len(line) for line in lines],
         },
         schema=LEDGER_SCHEMA,

@@ -127,7 +127,7 @@ def test_settings_from_env(tmp_path):
         3,
     )
     assert settings.inventory_url == f"sqlite:///{tmp_path / 'inventory.db'}"
-    assert settings.bundle_recipient_public_key == str(tmp_path / "factory-line" / "recipient.pub.pem")
+    assert settings.bundle_recipient_public_key == str(tmp_path / "factory-line" / "recipient.cert.pem")
     with pytest.raises(ValueError, match="PIPELINE_CHUNK_SIZE must be an integer"):
         Settings.from_env({"PIPELINE_CHUNK_SIZE": "many"})
 

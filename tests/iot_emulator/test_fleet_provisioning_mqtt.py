@@ -304,9 +304,7 @@ def test_a_rejected_device_keeps_a_certificate_that_cannot_connect(fleet: Fleet)
         return keys
 
     keys = asyncio.run(scenario())
-    description = fleet.iot.describe_certificate(certificateId=keys.certificate_id)[
-        "certificateDescription"
-    ]
+    description = fleet.iot.describe_certificate(certificateId=keys.certificate_id)["certificateDescription"]
     assert description["status"] == "PENDING_ACTIVATION"
 
 
@@ -371,9 +369,7 @@ def _certificate_id(pem: str) -> str:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    return hashlib.sha256(
-        x509.load_pem_x509_certificate(pem.encode()).public_bytes(Encoding.DER)
-    ).hexdigest()
+    return hashlib.sha256(x509.load_pem_x509_certificate(pem.encode()).public_bytes(Encoding.DER)).hexdigest()
 
 
 @pytest.mark.parametrize(
