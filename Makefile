@@ -9,9 +9,10 @@ DRY_RUN ?=
 DEVICES ?= 10000
 DAG ?=
 CONF ?=
+CDF_API_PORT ?= 8020
 export STATE_DIR
 
-.PHONY: venv run dag test bench lint format lock emulator clean cluster cluster-stop
+.PHONY: venv run dag test bench lint format lock emulator cdf-api clean cluster cluster-stop
 
 $(VENV)/.installed: requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +44,10 @@ format: venv
 
 lock: venv
 	$(VENV)/bin/uv pip compile requirements.txt --python-version 3.11 -o requirements.lock
+
+# The CDF provisioning API standalone on http://127.0.0.1:$(CDF_API_PORT), on the local state (docs/cdf-api.md)
+cdf-api: venv
+	CDF_API_PORT=$(CDF_API_PORT) $(PY) -m scripts.cdf_api
 
 emulator: venv
 	$(PY) -m iot_emulator --host 127.0.0.1 --port 4566 --mqtt-port 8883 --state-dir $(STATE_DIR)/emulator

@@ -30,49 +30,29 @@ from __future__ import annotations
 import logging
 import os
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from plugins.iot_provisioning.connections import AWS_CONN_ID, REGISTRATION_POOL
+from plugins.iot_provisioning.dag_parts import (
+    FORM_SECTION,
+    START_DATE,
+    dry_run_param,
+    form_models,
+    retry_policy,
+    s3_client,
+)
 from plugins.iot_provisioning.notifications import BatchEndNotifier
 from plugins.iot_provisioning.operators import StartThingRegistrationTaskOperator
+from plugins.iot_provisioning.settings_source import pipeline_settings
 
 DAG_ID = "provision_factory_batch"
 BUCKET = os.environ.get("PIPELINE_BUCKET", "factory-provisioning")
 log = logging.getLogger(__name__)
 # Seconds between polls of the deferred register task (its AWS task, or the account's registration slot).
 REGISTRATION_POLL_SECONDS = int(os.environ.get("PIPELINE_REGISTRATION_POLL_SECONDS", "10"))
-FORM_SECTION = "Run Parameters"
 PROVISIONED_BATCHES = Asset(name="provisioned_factory_batches", uri=f"s3://{BUCKET}/provisioned-batches")
-
-
-def _catalog_models() -> list[str]:
-    """Models of the product catalog, for the trigger form's product list (a small local YAML file)."""
-    import yaml
-
-    from include.settings import Settings
-
-    try:
-        document = yaml.safe_load(Path(Settings.from_env().catalog_path).read_text(encoding="utf-8"))
-        return sorted(str(model) for model in document["products"])
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        return []  # the validate task reports a broken catalog precisely; the form stays usable
-
-
-def _settings() -> Any:
-    """Variable factory_pipeline and connection factory_inventory, then PIPELINE_* variables."""
-    from plugins.iot_provisioning.settings_source import pipeline_settings
-
-    return pipeline_settings()
-
-
-def _s3() -> Any:
-    from plugins.iot_provisioning.connections import aws_clients
-
-    return aws_clients(AWS_CONN_ID)[0]
 
 
 @task
@@ -83,14 +63,15 @@ def intake(params: dict | None = None, run_id: str | None = None, dag: Any = Non
 
     with fail_fast_on_input_errors(run_id, params["manifest"]):
         batch = pipeline.intake(
-            _s3(),
-            _settings(),
+            s3_client(),
+            pipeline_settings(),
             params["manifest"],
             run_id=run_id,
             dag_id=dag.dag_id,
             product=params.get("product"),
             dry_run=bool(params.get("dry_run")),
             max_devices=params.get("max_devices"),
+            catalog=params.get("catalog"),
         )
     return batch.to_xcom()
 
@@ -104,7 +85,7 @@ def validate(batch: dict) -> dict:
 
     record = Batch.of(batch)
     with fail_fast_on_input_errors(record.run_id, record.source):
-        return pipeline.validate(_s3(), _settings(), record).to_xcom()
+        return pipeline.validate(s3_client(), pipeline_settings(), record).to_xcom()
 
 
 @task
@@ -121,7 +102,7 @@ def preflight(batch: dict, ti: Any = None) -> dict:
         checks = pipeline.preflight(
             s3,
             iot,
-            _settings(),
+            pipeline_settings(),
             record,
             ca_certificate_pem=factory_ca_certificate(),
             is_live=airflow_liveness(ti, DAG_ID),
@@ -157,7 +138,7 @@ def issue_credentials(batch: dict, chunk: dict) -> dict:
     with fail_fast_on_input_errors(record.run_id, record.source):
         result = pipeline.issue_credentials(
             s3,
-            _settings(),
+            pipeline_settings(),
             record,
             part,
             certificate_pem,
@@ -178,7 +159,7 @@ def write_parameter_files(batch: dict, checks: dict, chunks: list[dict]) -> list
     record = Batch.of(batch)
     with fail_fast_on_input_errors(record.run_id, record.source):
         units = pipeline.write_parameter_files(
-            _s3(), _settings(), record, Checks.of(checks), [ChunkResult.of(c) for c in chunks]
+            s3_client(), pipeline_settings(), record, Checks.of(checks), [ChunkResult.of(c) for c in chunks]
         )
     return [unit.to_xcom() for unit in units]
 
@@ -188,7 +169,6 @@ def reconcile(batch: dict, registration: dict) -> dict:
     """Match the task's RESULTS and ERRORS reports to the unit's rows and update the inventory."""
     from include import pipeline
     from include.records import Batch, Registration, RegistrationUnit
-    from include.registration import report_lines
     from plugins.iot_provisioning.connections import aws_clients
     from plugins.iot_provisioning.run_state import fail_fast_on_input_errors
 
@@ -197,15 +177,7 @@ def reconcile(batch: dict, registration: dict) -> dict:
     get_current_context()["unit_label"] = unit.label
     s3, iot = aws_clients(AWS_CONN_ID)
     with fail_fast_on_input_errors(record.run_id, record.source):
-        result = pipeline.reconcile(
-            s3,
-            _settings(),
-            record,
-            unit,
-            state,
-            report_lines(iot, state.task_id, "RESULTS"),
-            report_lines(iot, state.task_id, "ERRORS"),
-        )
+        result = pipeline.reconcile_task(iot, s3, pipeline_settings(), record, unit, state)
     return result.to_xcom()
 
 
@@ -219,7 +191,7 @@ def summarize(batch: dict, reconciled: list[dict], outlet_events: Any = None) ->
 
     record = Batch.of(batch)
     with fail_fast_on_input_errors(record.run_id, record.source):
-        summary = pipeline.summarize(_s3(), _settings(), record)
+        summary = pipeline.summarize(s3_client(), pipeline_settings(), record)
     log.info("Batch report\n%s", render_report(summary))
     outlet_events[PROVISIONED_BATCHES].extra = {
         key: summary.get(key)
@@ -232,21 +204,14 @@ def summarize(batch: dict, reconciled: list[dict], outlet_events: Any = None) ->
     dag_id=DAG_ID,
     doc_md=__doc__,
     schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=4,
     tags=["iot", "provisioning", "factory"],
     # Who hears of a batch's end is configuration (Variable factory_notifications), not code.
     on_success_callback=BatchEndNotifier(state="success"),
     on_failure_callback=BatchEndNotifier(state="failed"),
-    default_args={
-        "retries": 2,
-        "retry_delay": timedelta(seconds=15),
-        "retry_exponential_backoff": True,
-        "execution_timeout": timedelta(hours=2),
-    },
-    # Airflow 3.3's trigger form opens only its default section, "Run Parameters", and starts every other
-    # section collapsed: every field here matters, so all of them are in that one.
+    default_args=retry_policy(retries=2, delay=timedelta(seconds=15), timeout=timedelta(hours=2)),
     params={
         "manifest": Param(
             # The inbox, to be completed with the manifest's name: no path of any one machine. (A Param
@@ -265,19 +230,13 @@ def summarize(batch: dict, reconciled: list[dict], outlet_events: Any = None) ->
         "product": Param(
             None,
             type=["null", "string"],
-            enum=[None, *_catalog_models()],
+            enum=[None, *form_models(fleet=False)],
             values_display={None: "Each row's own model"},
             title="Product override",
             section=FORM_SECTION,
             description="Treat every row as this catalog model; the default keeps each row's model.",
         ),
-        "dry_run": Param(
-            False,
-            type="boolean",
-            title="Dry run",
-            section=FORM_SECTION,
-            description="Validate and run pre-flight only: nothing is created in AWS IoT.",
-        ),
+        "dry_run": dry_run_param("Validate and run pre-flight only: nothing is created in AWS IoT."),
         "max_devices": Param(
             None,
             type=["null", "integer"],
@@ -285,6 +244,17 @@ def summarize(batch: dict, reconciled: list[dict], outlet_events: Any = None) ->
             title="Device cap",
             section=FORM_SECTION,
             description="Provision at most this many devices of the manifest (empty: all).",
+        ),
+        "catalog": Param(
+            None,
+            type=["null", "string"],
+            minLength=1,
+            title="Product catalog",
+            section=FORM_SECTION,
+            description=(
+                "A product catalog (YAML) of this run's own, readable by every worker (the CDF API's bulk "
+                "requests bring one); empty: the deployment's."
+            ),
         ),
     },
 )

@@ -17,11 +17,11 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-import pendulum
 from airflow.providers.amazon.aws.triggers.sqs import SqsSensorTrigger
 from airflow.sdk import Asset, AssetWatcher, dag, task
 
 from plugins.iot_provisioning.connections import AWS_CONN_ID
+from plugins.iot_provisioning.dag_parts import START_DATE, retry_policy
 from plugins.iot_provisioning.inbox_tasks import start_provisioning_runs
 
 BUCKET = os.environ.get("PIPELINE_BUCKET", "factory-provisioning")
@@ -57,15 +57,13 @@ def manifests_from_events(triggering_asset_events: dict | None = None) -> list[s
     dag_id="provision_factory_batch_from_inbox",
     doc_md=__doc__,
     schedule=[FACTORY_INBOX],
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
     tags=["iot", "provisioning", "factory", "intake"],
-    default_args={
-        "retries": 2,
-        "retry_delay": timedelta(seconds=15),
-        "execution_timeout": timedelta(minutes=15),
-    },
+    default_args=retry_policy(
+        retries=2, delay=timedelta(seconds=15), timeout=timedelta(minutes=15), backoff=False
+    ),
 )
 def provision_factory_batch_from_inbox() -> None:
     start_provisioning_runs(manifests_from_events())

@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import dag, task
 
 from plugins.iot_provisioning.connections import AWS_CONN_ID
+from plugins.iot_provisioning.dag_parts import START_DATE, retry_policy
 from plugins.iot_provisioning.inbox_tasks import start_provisioning_runs
 
 BUCKET = os.environ.get("PIPELINE_BUCKET", "factory-provisioning")
@@ -37,15 +37,13 @@ def list_manifests() -> list[str]:
     dag_id="scan_factory_inbox",
     doc_md=__doc__,
     schedule=timedelta(minutes=15),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
     tags=["iot", "provisioning", "factory", "intake"],
-    default_args={
-        "retries": 2,
-        "retry_delay": timedelta(seconds=15),
-        "execution_timeout": timedelta(minutes=15),
-    },
+    default_args=retry_policy(
+        retries=2, delay=timedelta(seconds=15), timeout=timedelta(minutes=15), backoff=False
+    ),
 )
 def scan_factory_inbox() -> None:
     start_provisioning_runs(list_manifests())

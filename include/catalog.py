@@ -7,11 +7,14 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from include.errors import CatalogError
+
+if TYPE_CHECKING:
+    from include.fleet_catalog import FleetProduct
 
 # How a product's devices get certificates (README "Certificate modes"):
 #   own_ca_key  the pipeline makes the key, the factory CA (registered in IoT) signs it
@@ -20,7 +23,9 @@ from include.errors import CatalogError
 #   acm_pca     the pipeline makes the key and a CSR; ACM Private CA signs it (its CA registered in IoT)
 #   without_ca  the factory CA signs, but it is not registered: each certificate is registered on its own
 #               (RegisterCertificateWithoutCA), then referenced by id in bulk
-CERTIFICATE_MODES = ("own_ca_key", "device_csr", "aws_issued", "acm_pca", "without_ca")
+#   acm_pca_without_ca  ACM Private CA signs and its CA is not registered: each certificate registered on its
+#               own, as without_ca (CDF's acmpca REGISTER_WITHOUT_CA)
+CERTIFICATE_MODES = ("own_ca_key", "device_csr", "aws_issued", "acm_pca", "without_ca", "acm_pca_without_ca")
 # The template parameter that carries each mode's certificate on a parameter line.
 CERTIFICATE_PARAMETERS = {
     "own_ca_key": "CertificatePem",
@@ -28,7 +33,11 @@ CERTIFICATE_PARAMETERS = {
     "aws_issued": "CSR",
     "acm_pca": "CertificatePem",
     "without_ca": "CertificateId",
+    "acm_pca_without_ca": "CertificateId",
 }
+# How a product's devices come to exist in IoT: bulk (batches of manifest rows, the default) or fleet (each
+# device provisions itself by claim over MQTT: include.fleet_catalog).
+PROVISIONING_KINDS = ("bulk", "fleet")
 DEFAULT_VALIDITY_DAYS = 3650
 MAX_VALIDITY_DAYS = 36500
 KEY_ALGORITHMS = ("ec-p256", "rsa-2048")
@@ -89,6 +98,10 @@ class Product:
         return self.certificate_mode != "device_csr"
 
     @property
+    def signed_by_pca(self) -> bool:
+        return self.certificate_mode in ("acm_pca", "acm_pca_without_ca")
+
+    @property
     def uses_factory_ca(self) -> bool:
         """Its certificates are signed by the factory CA (registered in IoT or not)."""
         return self.certificate_mode in ("own_ca_key", "device_csr", "without_ca")
@@ -119,6 +132,8 @@ class Catalog:
 
     products: Mapping[str, Product]
     path: Path
+    # Claim-based products (provisioning: fleet) apart: batches, bulk templates and re-keys never see them.
+    fleet_products: Mapping[str, FleetProduct] = field(default_factory=dict)
 
     def get(self, model: str) -> Product | None:
         return self.products.get(model)
@@ -146,18 +161,24 @@ def load_catalog(path: str | Path) -> Catalog:
         raise CatalogError(
             f"product catalog {path} has version {document.get('version')!r}; this pipeline reads 1"
         )
+    from include.fleet_catalog import fleet_product, is_fleet_entry  # it builds on this module's checks
+
     products = {}
+    fleet_products = {}
     problems: list[str] = []
     for model, entry in document["products"].items():
         try:
-            products[str(model)] = _product(str(model), entry, path.parent)
+            if is_fleet_entry(entry):
+                fleet_products[str(model)] = fleet_product(str(model), entry, path.parent)
+            else:
+                products[str(model)] = _product(str(model), entry, path.parent)
         except CatalogError as exc:
             problems.append(str(exc))
     if problems:
         raise CatalogError(f"product catalog {path}: " + "; ".join(problems))
-    if not products:
+    if not products and not fleet_products:
         raise CatalogError(f"product catalog {path} defines no products")
-    return Catalog(products=products, path=path)
+    return Catalog(products=products, path=path, fleet_products=fleet_products)
 
 
 def _product(model: str, entry: Any, base: Path) -> Product:
@@ -176,7 +197,12 @@ def _product(model: str, entry: Any, base: Path) -> Product:
         "description",
         "validity_days",
         "extra_policies",
+        "provisioning",
     }
+    if entry.get("provisioning", "bulk") not in PROVISIONING_KINDS:
+        raise CatalogError(
+            f"{where}: provisioning {entry['provisioning']!r} is not one of {list(PROVISIONING_KINDS)}"
+        )
     unknown = sorted(set(entry) - known)
     if unknown:
         raise CatalogError(f"{where} has unknown field(s) {unknown}")

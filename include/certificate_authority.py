@@ -37,6 +37,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from include.errors import CertificateAuthorityError, CsrError
 
 DEVICE_VALIDITY_DAYS = 3650
+CA_VALIDITY_DAYS = 365 * 20  # outlives the certificates it signs (theirs are cut at the CA's end)
 CLOCK_SKEW = dt.timedelta(minutes=5)
 # Key types AWS IoT accepts for device certificates (CreateCertificateFromCsr documentation).
 ACCEPTED_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
@@ -227,9 +228,12 @@ class CertificateAuthority:
 
     @classmethod
     def create_development(
-        cls, common_name: str = "Factory Development CA", organization: str = "Example Devices Ltd"
+        cls,
+        common_name: str = "Factory Development CA",
+        organization: str = "Example Devices Ltd",
+        validity_days: int = CA_VALIDITY_DAYS,
     ) -> CertificateAuthority:
-        """A new self-signed ECDSA P-256 CA for local runs and tests (the bootstrap registers it in IoT)."""
+        """A new self-signed ECDSA P-256 CA (bootstrap's development CA, and manage_factory_ca's `create`)."""
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name(
             [
@@ -246,7 +250,7 @@ class CertificateAuthority:
             .public_key(key.public_key())
             .serial_number(new_serial_number())
             .not_valid_before(now - CLOCK_SKEW)
-            .not_valid_after(now + dt.timedelta(days=365 * 25))
+            .not_valid_after(now + dt.timedelta(days=validity_days))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(_key_usage("digital_signature", "key_cert_sign", "crl_sign"), critical=True)
             .add_extension(ski, critical=False)
@@ -308,16 +312,29 @@ class CertificateAuthority:
     ) -> x509.Certificate:
         """A TLS client certificate for a device key, straight from its public key (no CSR round trip)."""
         subject = device_subject(thing_name, serial_number)
+        san = None
+        if subject.thing_uri is not None:
+            san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(subject.thing_uri)])
+        return self.issue_certificate(public_key, subject.name(), validity_days=validity_days, san=san)
+
+    def issue_certificate(
+        self,
+        public_key: object,
+        subject: x509.Name,
+        *,
+        validity_days: int = DEVICE_VALIDITY_DAYS,
+        san: x509.SubjectAlternativeName | None = None,
+    ) -> x509.Certificate:
+        """A device (TLS client) certificate of any subject: what every device certificate of this CA has."""
         is_rsa = isinstance(public_key, rsa.RSAPublicKey)
         builder = (
-            self._builder(subject.name(), public_key, validity_days)
+            self._builder(subject, public_key, validity_days)
             .add_extension(END_ENTITY, critical=True)
             .add_extension(RSA_DEVICE_KEY_USAGE if is_rsa else EC_DEVICE_KEY_USAGE, critical=True)
             .add_extension(CLIENT_AUTH, critical=False)
         )
-        if subject.thing_uri is not None:
-            uri = x509.UniformResourceIdentifier(subject.thing_uri)
-            builder = builder.add_extension(x509.SubjectAlternativeName([uri]), critical=False)
+        if san is not None:
+            builder = builder.add_extension(san, critical=False)
         return builder.sign(self.private_key, signing_hash(self.private_key))
 
     def issue_from_csr(

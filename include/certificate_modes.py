@@ -4,6 +4,7 @@
   parameter line then carries the certificate, registered in bulk under the PCA's CA (registered in IoT).
 - without_ca: AWS documents no bulk path for certificates whose CA is not registered, so each one is
   registered on its own (RegisterCertificateWithoutCA) and the parameter line carries its id.
+- acm_pca_without_ca: both, in that order (ACM PCA signs; its CA is not registered in IoT).
 Both run with bounded concurrency on the calling process's threads (the work is waiting on AWS), and rely on
 botocore's standard retry mode for throttling. aws_issued needs nothing here: AWS signs during the bulk task.
 A device AWS refuses becomes a failure record (its row is quarantined); the rest of the chunk goes on.
@@ -28,7 +29,8 @@ from include.credentials import CREDENTIAL_ERROR, LEDGER_SCHEMA, ChunkOutput, Pr
 # AWS's default quotas are low for both (a few to tens of requests per second); a handful in flight keeps
 # under them while hiding the latency of each call.
 CONCURRENCY = 8
-SIGNING_ALGORITHMS = {"ec-p256": "SHA256WITHECDSA", "rsa-2048": "SHA256WITHRSA"}
+PCA_MODES = frozenset({"acm_pca", "acm_pca_without_ca"})
+UNREGISTERED_CA_MODES = frozenset({"without_ca", "acm_pca_without_ca"})
 
 
 def complete_chunk(
@@ -41,16 +43,16 @@ def complete_chunk(
     concurrency: int = CONCURRENCY,
 ) -> ChunkOutput:
     """The chunk's lines and ledger once its certificates are signed (acm_pca) or registered (without_ca)."""
-    if spec.mode == "acm_pca":
+    if spec.mode in PCA_MODES:
         if acm_pca is None or not pca_arn:
             raise ValueError(
-                "acm_pca products need an ACM PCA client and the CA's ARN (PIPELINE_ACM_PCA_ARN)"
+                f"{spec.mode} products need an ACM PCA client and its ARN (PIPELINE_ACM_PCA_ARN)"
             )
         step = _pca_signer(acm_pca, pca_arn, spec)
-        return _rewrite(output, spec, "CSR", "CertificatePem", step, "ACM PCA", concurrency)
-    if spec.mode == "without_ca":
+        output = _rewrite(output, spec, "CSR", "CertificatePem", step, "ACM PCA", concurrency)
+    if spec.mode in UNREGISTERED_CA_MODES:
         if iot is None:
-            raise ValueError("without_ca products need an IoT client")
+            raise ValueError(f"{spec.mode} products need an IoT client")
         return _rewrite(
             output, spec, "CertificatePem", "CertificateId", _registrar(iot), "AWS IoT", concurrency
         )
@@ -59,12 +61,17 @@ def complete_chunk(
 
 def _pca_signer(acm_pca: Any, pca_arn: str, spec: ProductSpec) -> Callable[[str], tuple[str, str]]:
     waiter = acm_pca.get_waiter("certificate_issued")
+    # The CA signs with its own key's algorithm, whatever the device's key is.
+    described = acm_pca.describe_certificate_authority(CertificateAuthorityArn=pca_arn)[
+        "CertificateAuthority"
+    ]
+    algorithm = described["CertificateAuthorityConfiguration"]["SigningAlgorithm"]
 
     def sign(csr_pem: str) -> tuple[str, str]:
         issued = acm_pca.issue_certificate(
             CertificateAuthorityArn=pca_arn,
             Csr=csr_pem.encode("ascii"),
-            SigningAlgorithm=SIGNING_ALGORITHMS[spec.key_algorithm],
+            SigningAlgorithm=algorithm,
             Validity={"Value": spec.validity_days, "Type": "DAYS"},
             # A transport retry of the same CSR gets the same certificate, not a second one.
             IdempotencyToken=hashlib.sha256(csr_pem.encode()).hexdigest()[:36],

@@ -48,7 +48,7 @@ LEDGER_SCHEMA = pa.schema(
     [("row", pa.int64()), ("group", pa.string()), ("bytes", pa.int64()), ("certificate_id", pa.string())]
 )
 Failure = tuple[int, str, str]  # (manifest row, reason code, sentence)
-CSR_MODES = frozenset({"aws_issued", "acm_pca"})
+CSR_MODES = frozenset({"aws_issued", "acm_pca", "acm_pca_without_ca"})
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ each, so a million rows cost a few microseconds each and every change is one ato
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from include.errors import InventoryError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 LOAD_BATCH = 5000
 
 metadata = sa.MetaData()
@@ -97,7 +98,7 @@ devices = sa.Table(
     sa.Column("certificate_id", sa.String(64)),
     sa.Column("certificate_arn", sa.Text),
     sa.Column(
-        "issuer", sa.String(250), comment="who signed its certificate: CA certificate id, PCA ARN, aws"
+        "issuer", sa.String(250), comment="who signed the certificate: CA certificate id, PCA ARN, aws"
     ),
     sa.Column("batch_id", sa.String(64), nullable=False),
     sa.Column("run_id", sa.String(250), nullable=False, comment="the run that holds or last changed it"),
@@ -108,6 +109,17 @@ devices = sa.Table(
     sa.Column("claimed_at", sa.DateTime(timezone=True)),
     sa.Column("provisioned_at", sa.DateTime(timezone=True)),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # Lifecycle (include.lifecycle) and drift repair (include.drift); schema 4.
+    sa.Column(
+        "certificate_status",
+        sa.String(32),
+        comment="the certificate's status as a lifecycle action or a drift repair left it; empty: as "
+        "provisioned (ACTIVE)",
+    ),
+    sa.Column("lifecycle_action", sa.String(32), comment="the last lifecycle action or repair on the device"),
+    sa.Column("lifecycle_run_id", sa.String(250), comment="the run of that action"),
+    sa.Column("lifecycle_reason", sa.Text, comment="why: the operator's reason, or what the audit found"),
+    sa.Column("lifecycle_at", sa.DateTime(timezone=True), comment="when that action ended"),
     sa.Index("ix_devices_model_serial", "model", "serial_number"),
     sa.Index("ix_devices_run_status", "run_id", "status"),
     sa.Index("ix_devices_issuer", "issuer"),
@@ -131,6 +143,39 @@ row_outcomes = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_row_outcomes_run_outcome", "run_id", "outcome"),
 )
+
+device_actions = sa.Table(
+    "device_actions",
+    metadata,
+    sa.Column("run_id", sa.String(250), primary_key=True, comment="the lifecycle (or provisioning) run"),
+    sa.Column("thing_name", sa.String(128), primary_key=True),
+    sa.Column("batch_id", sa.String(64), index=True),
+    sa.Column("action", sa.String(32), nullable=False, comment="deactivate, revoke, ..., clean_orphans"),
+    sa.Column("state", sa.String(16), nullable=False, comment="started, done, unchanged, failed, planned"),
+    sa.Column("certificate_id", sa.String(64), comment="the device's certificate when the action started"),
+    sa.Column("new_certificate_id", sa.String(64), comment="rekey: the certificate that replaced it"),
+    sa.Column("steps", sa.JSON, comment="the steps done (or, in a dry run, that would be), in order"),
+    sa.Column("retries", sa.Integer, comment="eventual-consistency conflicts retried"),
+    sa.Column("error_code", sa.String(128)),
+    sa.Column("reason", sa.Text, comment="the operator's reason, or why the action failed"),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_device_actions_run_state", "run_id", "state"),
+)
+
+# Columns each schema version added to tables that existed before it: upgrading adds them in place (every
+# one nullable), and create_all makes the new tables. A version missing here cannot be upgraded.
+_ADDED_COLUMNS: dict[int, dict[str, list[str]]] = {
+    4: {
+        "devices": [
+            "certificate_status",
+            "lifecycle_action",
+            "lifecycle_run_id",
+            "lifecycle_reason",
+            "lifecycle_at",
+        ]
+    },
+}
 
 _engines: dict[str, Engine] = {}
 
@@ -190,10 +235,35 @@ def _create_tables(engine: Engine, url: str) -> None:
         found = connection.execute(
             sa.select(inventory_meta.c.value).where(inventory_meta.c.key == "schema_version")
         ).scalar_one()
+    if found != str(SCHEMA_VERSION) and found.isdigit():
+        found = _upgrade(engine, int(found))
     if found != str(SCHEMA_VERSION):
         raise InventoryError(
             f"the inventory has schema {found}; this version of the pipeline reads schema {SCHEMA_VERSION}"
         )
+
+
+def _upgrade(engine: Engine, version: int) -> str:
+    """Add the columns of each later schema version to an older inventory; returns the version reached."""
+    while version < SCHEMA_VERSION and version + 1 in _ADDED_COLUMNS:
+        with engine.begin() as connection:
+            present = {
+                table: {c["name"] for c in sa.inspect(connection).get_columns(table)}
+                for table in _ADDED_COLUMNS[version + 1]
+            }
+            for table, columns in _ADDED_COLUMNS[version + 1].items():
+                for name in columns:
+                    if name in present[table]:
+                        continue  # another worker upgraded at the same moment
+                    kind = metadata.tables[table].c[name].type.compile(dialect=connection.dialect)
+                    connection.exec_driver_sql(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {kind}')
+            version += 1
+            connection.execute(
+                sa.update(inventory_meta)
+                .where(inventory_meta.c.key == "schema_version")
+                .values(value=str(version))
+            )
+    return str(version)
 
 
 def insert_for(engine: Engine | Connection, table: sa.Table) -> Any:
@@ -201,14 +271,24 @@ def insert_for(engine: Engine | Connection, table: sa.Table) -> Any:
     return (postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
-def staging_table(name: str, columns: Sequence[tuple[str, Any]]) -> sa.Table:
-    """A temporary table of this connection: (name, SQLAlchemy type) columns, the first one the key."""
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def staging_table(name: str, columns: Sequence[tuple[str, Any]], key: str | None = None) -> sa.Table:
+    """A temporary table of this connection: (name, SQLAlchemy type) columns; `key` (default the first
+    column) is its primary key, the column the set-based statements join on."""
+    key = key or columns[0][0]
     return sa.Table(
         name,
         sa.MetaData(),
-        *(sa.Column(column, kind, primary_key=i == 0) for i, (column, kind) in enumerate(columns)),
+        *(sa.Column(column, kind, primary_key=column == key) for column, kind in columns),
         prefixes=["TEMPORARY"],
     )
+
+
+# Thing names to join on, for the claims and the device lookups of include.inventory.
+NAMES_STAGE = staging_table("stage_names", [("thing_name", sa.String(128))])
 
 
 def stage(connection: Connection, table: sa.Table, rows: Iterable[Sequence[Any]]) -> int:

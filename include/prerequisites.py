@@ -75,11 +75,9 @@ def check_prerequisites(
     modes = {catalog.products[model].certificate_mode for model in models}
     if modes & {"own_ca_key", "device_csr"}:
         problems += _ca_problems(iot, ca_certificate_pem)
-    if "acm_pca" in modes:
-        if pca_certificate_pem is None:
-            problems.append("acm_pca products need the ACM Private CA's ARN (PIPELINE_ACM_PCA_ARN)")
-        else:
-            problems += _ca_problems(iot, pca_certificate_pem, "the ACM Private CA's CA certificate")
+    # (acm_pca_without_ca needs the PCA, checked by the caller, but not its CA certificate in IoT.)
+    if "acm_pca" in modes and pca_certificate_pem is not None:
+        problems += _ca_problems(iot, pca_certificate_pem, "the ACM Private CA's CA certificate")
     return problems, templates
 
 

@@ -33,6 +33,9 @@ class Batch(Record):
     bucket: str
     work_prefix: str
     product: str | None = None
+    catalog: str | None = (
+        None  # a product catalog of this run's own (CDF-derived products); None: the settings'
+    )
     dry_run: bool = False
     max_devices: int | None = None
     new_batch: bool = True

@@ -12,6 +12,7 @@ import orjson
 
 from include.errors import ReconcileError
 
+REPORT_BLOCK = 1 << 20
 ERROR_CODE = re.compile(r"Error Code: (?P<code>[A-Za-z0-9_.]+)")
 JAVA_PREFIX = re.compile(r"^(?:[a-z0-9_]+\.)+(?P<exception>[A-Za-z0-9_]+): ")
 SERVICE_SUFFIX = re.compile(r"\s*\(Service: [^)]*\)\s*$")
@@ -43,10 +44,14 @@ def download_report_lines(url: str, *, timeout: float = 60.0) -> Iterator[bytes]
     if not url.startswith(("http://", "https://")):
         raise ReconcileError(f"report link {url[:80]!r} is not an http(s) URL")
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - scheme checked above
-        for line in response:
-            line = line.rstrip(b"\r\n")
-            if line:
-                yield line
+        # Read in large blocks and split: iterating the response line by line costs microseconds per line.
+        rest = b""
+        while block := response.read(REPORT_BLOCK):
+            lines = (rest + block).split(b"\n")
+            rest = lines.pop()
+            yield from (line.rstrip(b"\r") for line in lines if line.strip())
+        if rest.strip():
+            yield rest.rstrip(b"\r")
 
 
 def parse_error_message(message: str) -> tuple[str, str]:

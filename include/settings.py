@@ -36,7 +36,10 @@ ENV_NAMES = {
     "workers": "PIPELINE_WORKERS",
     "bundle_recipient_public_key": "PIPELINE_BUNDLE_RECIPIENT",
     "acm_pca_arn": "PIPELINE_ACM_PCA_ARN",
+    "ca_secret_id": "PIPELINE_CA_SECRET_ID",
+    "orphans": "PIPELINE_ORPHANS",
 }
+ORPHAN_POLICIES = ("clean", "keep")  # include.lifecycle_orphans: what a failed bulk line's leftovers get
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,11 @@ class Settings:
     bundle_recipient_public_key: str = field(default_factory=_default_recipient)
     # The ACM Private CA that signs the certificates of acm_pca products (none: such products are refused).
     acm_pca_arn: str | None = None
+    # The Secrets Manager secret holding the factory CA: what Airflow's SecretsManagerBackend serves as the
+    # connection factory_ca (prefix airflow/connections), and what manage_factory_ca rotates.
+    ca_secret_id: str = "airflow/connections/factory_ca"  # noqa: S105 - a secret's name, not its value
+    # What a bulk line that failed after making a certificate or thing leaves: removed ("clean") or reported.
+    orphans: str = "clean"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -81,6 +89,9 @@ class Settings:
                 values[attribute] = number
             else:
                 values[attribute] = raw
+        if values.get("orphans", "clean") not in ORPHAN_POLICIES:
+            wanted = list(ORPHAN_POLICIES)
+            raise ValueError(f"PIPELINE_ORPHANS must be one of {wanted}, got {values['orphans']!r}")
         for prefix in ("inbox_prefix", "work_prefix"):
             value = str(values.get(prefix, getattr(cls, prefix)))
             values[prefix] = value if value.endswith("/") else value + "/"

@@ -44,6 +44,18 @@ def render_report(summary: dict[str, Any]) -> str:
                 f"| {task['group']} | `{task['task_id']}` | {task['status']} | {task['success_count']} "
                 f"| {task['failure_count']} |"
             )
+    orphans = summary.get("orphans") or {}
+    if orphans.get("with_orphans"):
+        lines += [
+            "",
+            f"## What failed lines left in AWS IoT (orphans setting: {orphans['policy']})",
+            "",
+            f"{orphans['with_orphans']} of {orphans['lines']} failed lines had made a certificate or a "
+            f"thing: {orphans['cleaned']} cleaned up, {orphans['kept']} kept, {orphans['failed']} could not "
+            "be cleaned.",
+            "",
+            *(f"- `{key}`" for key in orphans.get("reports", [])),
+        ]
     lines += ["", "## Durations", "", "| stage | seconds | devices |", "|---|---:|---:|"]
     for stage in summary["durations"]["stages"]:
         lines.append(f"| {stage['stage']} | {stage['seconds']:.3f} | {stage['devices'] or ''} |")

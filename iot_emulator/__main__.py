@@ -69,6 +69,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     faults.add_argument("--fail-lines", default="", help="comma-separated 1-based bulk lines forced to fail")
     faults.add_argument("--fail-rate", type=float, default=0.0, help="fraction of bulk lines forced to fail")
+    faults.add_argument(
+        "--partial-fail-lines",
+        default="",
+        help="comma-separated 1-based bulk lines that fail after their resources were made",
+    )
+    faults.add_argument(
+        "--detach-lag",
+        type=float,
+        default=0.0,
+        help="seconds a detached thing or certificate still counts as attached for deletes (eventual "
+        "consistency)",
+    )
     faults.add_argument("--seed", type=int, default=1234, help="seed of the fault RNG")
     return parser.parse_args(argv)
 
@@ -84,6 +96,8 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
             "task_line_delay": args.task_line_delay,
             "fail_lines": [int(n) for n in args.fail_lines.split(",") if n],
             "fail_rate": args.fail_rate,
+            "partial_fail_lines": [int(n) for n in args.partial_fail_lines.split(",") if n],
+            "detach_lag": args.detach_lag,
             "seed": args.seed,
         }
     )

@@ -149,6 +149,9 @@ class BulkRunner:
                 response = None
             else:
                 error, response = self._register_line(template, data[start:end], cache)
+                if error is None and number in faults.partial_fail_lines:
+                    # made, then failed: AWS rolls nothing back (e.g. throttled on the line's last step)
+                    error, response = IotError("ThrottlingException", "Rate exceeded"), None
             if error is None:
                 line = {"errorMessage": None, "lineNumber": number, "offset": end, "response": response}
                 task["successCount"] += 1

@@ -255,10 +255,10 @@ class CertificatesMixin(CaCertificatesMixin):
         if record["status"] == "PENDING_TRANSFER":
             raise certificate_state("A certificate pending transfer cannot be deleted.")
         arn = record["certificateArn"]
-        if self._principal_thing_names(arn):
+        if self._principal_thing_names(arn) or self._still_propagating(f"things:{arn}"):
             raise IotError("DeleteConflictException", f"Things must be detached before deletion (arn: {arn})")
         policies = self._principal_policy_names(arn)
-        if policies and not forceDelete:
+        if (policies or self._still_propagating(f"policies:{arn}")) and not forceDelete:
             raise IotError(
                 "DeleteConflictException",
                 f"Certificate policies must be detached before deletion (arn: {arn})",

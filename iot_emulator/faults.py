@@ -1,4 +1,5 @@
-"""Faults on demand: throttling and transient 5xx for IoT requests, slow or failing bulk-task lines."""
+"""Faults on demand: throttling and transient 5xx for IoT requests, slow or failing bulk-task lines, and
+AWS's eventual consistency after a detach."""
 
 from __future__ import annotations
 
@@ -22,8 +23,12 @@ SETTINGS = (
     "task_line_delay",
     "fail_lines",
     "fail_rate",
+    "partial_fail_lines",
+    "detach_lag",
     "seed",
 )
+# The key under which ``injected`` counts the deletes refused by ``detach_lag``.
+DETACH_LAG = "DetachLag"
 
 
 @dataclass
@@ -35,6 +40,11 @@ class Faults:
     throttle_count / error_count: if set, only that many such faults are injected, then they stop.
     operations: operation names the request faults apply to (empty: all).
     task_line_delay, fail_lines (1-based), fail_rate: read by bulk registration tasks.
+    partial_fail_lines (1-based): bulk lines whose resources are all made, then reported failed (AWS does
+    not roll a line back: what it made is left, owned by nobody).
+    detach_lag: seconds after DetachThingPrincipal or DetachPolicy during which the detached thing or
+    certificate still counts as attached for DeleteThing and DeleteCertificate (AWS's eventual consistency:
+    a delete right after a detach may be refused, and succeeds when retried later).
     """
 
     throttle_rate: float = 0.0
@@ -46,6 +56,8 @@ class Faults:
     task_line_delay: float = 0.0
     fail_lines: set[int] = field(default_factory=set)
     fail_rate: float = 0.0
+    partial_fail_lines: set[int] = field(default_factory=set)
+    detach_lag: float = 0.0
     seed: int = DEFAULT_SEED
     rng: random.Random = field(default_factory=lambda: random.Random(DEFAULT_SEED), repr=False)
     injected: dict[str, int] = field(default_factory=dict)
@@ -98,6 +110,11 @@ class Faults:
                 return error
         return None
 
+    def count(self, kind: str) -> None:
+        """Count one injected fault of ``kind`` (faults the services inject themselves, e.g. DETACH_LAG)."""
+        with self._lock:
+            self.injected[kind] = self.injected.get(kind, 0) + 1
+
 
 def _coerce(name: str, value: Any) -> Any:
     if name in ("throttle_rate", "error_rate", "fail_rate"):
@@ -105,9 +122,9 @@ def _coerce(name: str, value: Any) -> Any:
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1")
         return rate
-    if name == "task_line_delay":
+    if name in ("task_line_delay", "detach_lag"):
         if float(value) < 0:
-            raise ValueError("task_line_delay must not be negative")
+            raise ValueError(f"{name} must not be negative")
         return float(value)
     if name == "error_status":
         if int(value) not in (500, 503):
@@ -117,7 +134,7 @@ def _coerce(name: str, value: Any) -> Any:
         return None if value is None else int(value)
     if name == "operations":
         return {value} if isinstance(value, str) else set(value or ())
-    if name == "fail_lines":
+    if name in ("fail_lines", "partial_fail_lines"):
         return {int(v) for v in (value or ())}
     if name == "seed":
         return int(value)

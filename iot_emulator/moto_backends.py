@@ -23,6 +23,20 @@ def sqs_backends(account_id: str) -> Any:
     return backends[account_id]
 
 
+def secretsmanager_backends(account_id: str) -> Any:
+    """moto's Secrets Manager backends of ``account_id``, by region."""
+    from moto.secretsmanager.models import secretsmanager_backends as backends
+
+    return backends[account_id]
+
+
+def acmpca_backends(account_id: str) -> Any:
+    """moto's ACM PCA backends of ``account_id``, by region."""
+    from moto.acmpca.models import acmpca_backends as backends
+
+    return backends[account_id]
+
+
 def reset_moto() -> None:
     """What moto's POST /moto-api/reset does: every backend and moto's model data."""
     from moto.moto_api._internal.models import moto_api_backend

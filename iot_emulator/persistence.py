@@ -215,4 +215,5 @@ def clear_state_dir(state_dir: Path) -> None:
     """Remove every persisted file (admin reset)."""
     for name in (IOT_DIR, S3_DIR):
         shutil.rmtree(state_dir / name, ignore_errors=True)
-    (state_dir / SQS_FILE).unlink(missing_ok=True)
+    for name in (SQS_FILE, "secretsmanager.json", "acm-pca.json"):
+        (state_dir / name).unlink(missing_ok=True)

@@ -1,4 +1,8 @@
-"""Policies, their targets, and the principals (certificates, Cognito identities) attached to things."""
+"""Policies, their targets, and the principals (certificates, Cognito identities) attached to things.
+
+A policy record's ``policyDocument`` is its default version's; every version is in ``versions``
+(include.policy_versions has the version operations).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ MAX_POLICIES_PER_TARGET = 10
 MAX_POLICY_CHARS = 2048  # excluding whitespace
 
 
-def _check_policy_document(document: Any) -> None:
+def check_policy_document(document: Any) -> None:
     if not isinstance(document, str):
         raise IotError("MalformedPolicyException", "Policy document must be a JSON string")
     if len("".join(document.split())) > MAX_POLICY_CHARS:
@@ -70,7 +74,7 @@ class PoliciesMixin(ServiceBase):
                 policyName,
                 existing["policyArn"],
             )
-        _check_policy_document(policyDocument)
+        check_policy_document(policyDocument)
         now = self.now()
         record = self.state.policies[policyName] = {
             "policyName": policyName,
@@ -81,6 +85,8 @@ class PoliciesMixin(ServiceBase):
             "lastModifiedDate": now,
             "generationId": hashlib.sha256(f"{policyName}:{now}".encode()).hexdigest(),
             "tags": list(tags or []),
+            "versions": {"1": {"policyDocument": policyDocument, "creationDate": now}},
+            "nextVersionId": 2,
         }
         self.state.policy_targets[policyName] = {}
         return {
@@ -98,15 +104,21 @@ class PoliciesMixin(ServiceBase):
 
     def get_policy(self, policyName: str) -> dict[str, Any]:
         record = self._policy_record(policyName)
-        return {k: v for k, v in record.items() if k != "tags"}
+        return {k: v for k, v in record.items() if k not in ("tags", "versions", "nextVersionId")}
 
     def delete_policy(self, policyName: str) -> dict[str, Any]:
-        self._policy_record(policyName)
+        record = self._policy_record(policyName)
         if self.state.policy_targets.get(policyName):
             raise IotError(
                 "DeleteConflictException",
                 "The policy cannot be deleted as the policy is attached to one or more principals "
                 f"(name={policyName})",
+            )
+        if len(record["versions"]) > 1:
+            raise IotError(
+                "DeleteConflictException",
+                f"The policy cannot be deleted as it has versions other than its default (name={policyName});"
+                " delete them first (DeletePolicyVersion)",
             )
         del self.state.policies[policyName]
         self.state.policy_targets.pop(policyName, None)
@@ -153,7 +165,10 @@ class PoliciesMixin(ServiceBase):
 
     def detach_policy(self, policyName: str, target: str) -> dict[str, Any]:
         self._policy_record(policyName)
-        self.state.target_policies.get(target, {}).pop(policyName, None)
+        attached = self.state.target_policies.get(target, {})
+        if policyName in attached:
+            del attached[policyName]
+            self._note_detach(f"policies:{target}")
         self.state.policy_targets[policyName].pop(target, None)
         return {}
 
@@ -220,7 +235,9 @@ class PoliciesMixin(ServiceBase):
     def detach_thing_principal(self, thingName: str, principal: str) -> dict[str, Any]:
         self._thing_record(check_name(thingName, "thingName"))
         self._check_principal(principal)
-        self.state.thing_principals.get(thingName, {}).pop(principal, None)
+        if principal in self.state.thing_principals.get(thingName, {}):
+            del self.state.thing_principals[thingName][principal]
+            self._note_detach(f"thing:{thingName}", f"things:{principal}")
         things = self.state.principal_things.get(principal)
         if things is not None:
             things.pop(thingName, None)
@@ -236,15 +253,54 @@ class PoliciesMixin(ServiceBase):
         page, token = paginate(principals, nextToken, maxResults, REGISTRY_PAGE_SIZE)
         return page_result("principals", page, "nextToken", token)
 
-    def list_principal_things(
-        self, principal: str, nextToken: str | None = None, maxResults: int | None = None
+    def list_thing_principals_v2(
+        self,
+        thingName: str,
+        nextToken: str | None = None,
+        maxResults: int | None = None,
+        thingPrincipalType: str | None = None,
     ) -> dict[str, Any]:
+        """ListThingPrincipals with each attachment's type, optionally only one type."""
+        self._thing_record(check_name(thingName, "thingName"))
+        attached = self.state.thing_principals.get(thingName, {})
+        objects = [
+            {"principal": principal, "thingPrincipalType": kind}
+            for principal, kind in attached.items()
+            if thingPrincipalType is None or kind == thingPrincipalType
+        ]
+        page, token = paginate(objects, nextToken, maxResults, REGISTRY_PAGE_SIZE)
+        return page_result("thingPrincipalObjects", page, "nextToken", token)
+
+    def _principal_for_listing(self, principal: str) -> None:
         try:
             self._check_principal(principal)
         except IotError as exc:
             if exc.code != "InvalidRequestException":
                 raise
             raise not_found(f"The principal {principal} does not exist") from None
+
+    def list_principal_things(
+        self, principal: str, nextToken: str | None = None, maxResults: int | None = None
+    ) -> dict[str, Any]:
+        self._principal_for_listing(principal)
         things = self._principal_thing_names(principal)
         page, token = paginate(things, nextToken, maxResults, REGISTRY_PAGE_SIZE)
         return page_result("things", page, "nextToken", token)
+
+    def list_principal_things_v2(
+        self,
+        principal: str,
+        nextToken: str | None = None,
+        maxResults: int | None = None,
+        thingPrincipalType: str | None = None,
+    ) -> dict[str, Any]:
+        """ListPrincipalThings with each attachment's type, optionally only one type."""
+        self._principal_for_listing(principal)
+        objects = [
+            {"thingName": name, "thingPrincipalType": self.state.thing_principals[name][principal]}
+            for name in self._principal_thing_names(principal)
+        ]
+        if thingPrincipalType is not None:
+            objects = [o for o in objects if o["thingPrincipalType"] == thingPrincipalType]
+        page, token = paginate(objects, nextToken, maxResults, REGISTRY_PAGE_SIZE)
+        return page_result("principalThingObjects", page, "nextToken", token)

@@ -21,6 +21,7 @@ from iot_emulator.admin import ADMIN_PREFIX, AdminGuard, admin_app, is_admin_pat
 from iot_emulator.faults import Faults
 from iot_emulator.http_io import error_response, json_response
 from iot_emulator.iot_handler import READ_METHODS, iot_app
+from iot_emulator.moto_documents import load_private_cas, load_secrets, save_private_cas, save_secrets
 from iot_emulator.moto_state import S3Snapshot, load_sqs, save_sqs
 from iot_emulator.mqtt_endpoint import MqttEndpoint
 from iot_emulator.persistence import (
@@ -250,6 +251,8 @@ class EmulatorServer:
                 save_iot_state(self.state_dir, service.state, service.lock)
             self._snapshot.save()
             save_sqs(self.state_dir, self._sqs_backends)
+            save_secrets(self.state_dir, lambda: moto_backends.secretsmanager_backends(self.account_id))
+            save_private_cas(self.state_dir, lambda: moto_backends.acmpca_backends(self.account_id))
 
     def _load_state(self) -> None:
         if self.state_dir is None:
@@ -257,6 +260,8 @@ class EmulatorServer:
         self._snapshot = S3Snapshot(self.state_dir, self._s3_backend)
         self._snapshot.load()
         load_sqs(self.state_dir, self._sqs_backends)
+        load_secrets(self.state_dir, lambda: moto_backends.secretsmanager_backends(self.account_id))
+        load_private_cas(self.state_dir, lambda: moto_backends.acmpca_backends(self.account_id))
         for state in load_iot_states(self.state_dir):
             self._services[(state.account_id, state.region)] = self._service(state)
         self._saver = DebouncedSaver(self._save)

@@ -17,11 +17,12 @@ from iot_emulator.bulk_runner import BulkRunner
 from iot_emulator.certificates import CertificatesMixin
 from iot_emulator.faults import Faults
 from iot_emulator.fleet_provisioning import FleetProvisioningMixin
-from iot_emulator.policies import PoliciesMixin
+from iot_emulator.policy_versions import PolicyVersionsMixin
 from iot_emulator.provisioning import ProvisioningMixin
 from iot_emulator.s3_store import S3Store
 from iot_emulator.service_base import no_change_hook, no_trust_hook
 from iot_emulator.state import DEFAULT_ACCOUNT, DEFAULT_REGION, IotState
+from iot_emulator.tagging import TaggingMixin
 from iot_emulator.thing_groups import ThingGroupsMixin
 from iot_emulator.things import ThingsMixin
 
@@ -29,11 +30,12 @@ from iot_emulator.things import ThingsMixin
 class IotService(
     ThingsMixin,
     ThingGroupsMixin,
-    PoliciesMixin,
+    PolicyVersionsMixin,
     CertificatesMixin,
     ProvisioningMixin,
     FleetProvisioningMixin,
     BulkMixin,
+    TaggingMixin,
 ):
     """The operations, given their state and collaborators; its ``runner`` does the background work."""
 
@@ -62,6 +64,7 @@ class IotService(
         self._ca_ids_by_pem = {}
         self._stand_in_amazon_ca = None
         self._stand_in_claim_ca = None
+        self._detached_at = {}
         self.runner = BulkRunner(self)
 
 

@@ -6,6 +6,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from iot_emulator.faults import DETACH_LAG
+
 if TYPE_CHECKING:
     from cryptography import x509
 
@@ -46,6 +48,8 @@ class ServiceBase:
     _ca_ids_by_pem: dict[str, str]
     _stand_in_amazon_ca: tuple[Any, x509.Certificate] | None
     _stand_in_claim_ca: tuple[Any, x509.Certificate] | None
+    # When each thing or certificate was last detached (the detach_lag fault's clock; runtime only).
+    _detached_at: dict[str, float]
 
     @property
     def account_id(self) -> str:
@@ -61,3 +65,21 @@ class ServiceBase:
 
     def now(self) -> float:
         return self.clock()
+
+    def _note_detach(self, *keys: str) -> None:
+        """Remember a detach, while the detach_lag fault is on (otherwise it propagates at once)."""
+        if self.faults.detach_lag:
+            now = self.now()
+            self._detached_at.update(dict.fromkeys(keys, now))
+
+    def _still_propagating(self, key: str) -> bool:
+        """Whether a delete that depends on the detach of ``key`` must be refused (the detach_lag fault):
+        AWS applies detaches eventually, so a delete right after one may still see the attachment."""
+        detached_at = self._detached_at.get(key)
+        if detached_at is None:
+            return False
+        if self.now() - detached_at < self.faults.detach_lag:
+            self.faults.count(DETACH_LAG)
+            return True
+        del self._detached_at[key]
+        return False

@@ -12,10 +12,23 @@ DEFAULT_REGION = "us-east-1"
 # Bump on every change of the saved shape and add the step from the previous version to _UPGRADES, so a
 # newer emulator keeps loading what older ones saved. Version 1 is the first JSON format (before it the
 # state was pickled, which is never loaded: unpickling runs code from the file).
-STATE_VERSION = 2
+STATE_VERSION = 3
+
+
+def _policy_versions(document: dict[str, Any]) -> dict[str, Any]:
+    """3: policy versions; a policy saved before had exactly one, its default."""
+    policies = {}
+    for name, record in document.get("policies", {}).items():
+        default = record.get("defaultVersionId", "1")
+        version = {"policyDocument": record["policyDocument"], "creationDate": record.get("creationDate")}
+        policies[name] = {**record, "versions": {default: version}, "nextVersionId": int(default) + 1}
+    return {**document, "policies": policies}
+
+
 _UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     # 2: fleet provisioning's certificate ownership tokens (none were issued before)
     1: lambda document: {**document, "certificate_ownership_tokens": {}},
+    2: _policy_versions,
 }
 
 Records = dict[str, dict[str, Any]]

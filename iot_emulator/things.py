@@ -135,7 +135,7 @@ class ThingsMixin(ServiceBase):
         if record is None:
             return {}  # AWS: deleting a thing that does not exist succeeds
         self._check_version(record, expectedVersion, f"thing {thingName}")
-        if self.state.thing_principals.get(thingName):
+        if self.state.thing_principals.get(thingName) or self._still_propagating(f"thing:{thingName}"):
             raise invalid_request(
                 f"Cannot delete. Thing {thingName} is still attached to one or more principals"
             )

@@ -29,6 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from include.catalog import Catalog, load_catalog
 from include.certificate_authority import CertificateAuthority, certificate_id_from_pem
+from include.factory_ca import read_secret, register_ca, write_secret
 from include.key_bundle import RECIPIENT_CERTIFICATE_FILE, RECIPIENT_KEY_FILE, generate_recipient
 from include.settings import Settings, state_dir
 from include.templates import render_template
@@ -167,38 +168,40 @@ def ensure_development_ca(directory: Path, create: bool = True) -> tuple[str, st
     return certificate_pem, key_pem, True
 
 
-def ensure_ca_registered(iot: Any, certificate_pem: str, key_pem: str) -> dict[str, Any]:
-    """Register the CA with a verification certificate (CN = registration code), ACTIVE; idempotent."""
-    ca_id = certificate_id_from_pem(certificate_pem)
-    try:
-        description = iot.describe_ca_certificate(certificateId=ca_id)["certificateDescription"]
-    except ClientError as error:
-        if _code(error) != "ResourceNotFoundException":
-            raise
-    else:
-        if description["status"] != "ACTIVE":
-            iot.update_ca_certificate(certificateId=ca_id, newStatus="ACTIVE")
-        return {"certificate_id": ca_id, "created": False}
-    code = iot.get_registration_code()["registrationCode"]
-    verification = CertificateAuthority.from_pem(certificate_pem, key_pem).issue_verification_certificate(
-        code
-    )
-    response = iot.register_ca_certificate(
-        caCertificate=certificate_pem,
-        verificationCertificate=verification,
-        setAsActive=True,
-        allowAutoRegistration=False,
-        tags=[{"Key": "purpose", "Value": "factory-development-ca"}],
-    )
-    return {"certificate_id": response["certificateId"], "created": True}
+def ensure_factory_ca(
+    iot: Any, secrets: Any, directory: Path, secret_id: str, create: bool
+) -> tuple[CertificateAuthority, dict[str, Any]]:
+    """The factory CA in use, registered ACTIVE in IoT, its material in the Secrets Manager secret.
+
+    The secret is the source of truth once it exists (manage_factory_ca rotates it); before that, the CA
+    files of $STATE_DIR/ca/ (a development CA is made there only with `create`) are stored in it.
+    """
+    ca = read_secret(secrets, secret_id)
+    stored = False
+    if ca is None:
+        certificate_pem, key_pem, _ = ensure_development_ca(directory, create)
+        ca = CertificateAuthority.from_pem(certificate_pem, key_pem)
+        write_secret(secrets, secret_id, ca, description="the factory CA new batches are signed by")
+        stored = True
+    registered = register_ca(iot, ca)
+    return ca, {
+        "certificate_id": registered.certificate_id,
+        "created": registered.created,
+        "secret": secret_id,
+        "secret_created": stored,
+    }
 
 
 def ensure_catalog_resources(iot: Any, catalog: Catalog) -> dict[str, list[str]]:
-    """Thing types, thing groups and policies every catalog product names; returns the ones created."""
+    """Thing types, thing groups and policies every catalog product names; returns the ones created.
+
+    Fleet products' too (their devices' resources); their claim policy is prepare_fleet_claim's to make.
+    """
     created: dict[str, list[str]] = {"thing_types": [], "thing_groups": [], "policies": []}
-    thing_types = sorted({p.thing_type for p in catalog.products.values() if p.thing_type})
-    groups = sorted({g for p in catalog.products.values() for g in p.thing_groups})
-    policies = sorted({name for p in catalog.products.values() for name in (p.policy, *p.extra_policies)})
+    products = [*catalog.products.values(), *catalog.fleet_products.values()]
+    thing_types = sorted({p.thing_type for p in products if p.thing_type})
+    groups = sorted({g for p in products for g in p.thing_groups})
+    policies = sorted({name for p in products for name in (p.policy, *p.extra_policies)})
     for name in thing_types:
         if _ensure(
             lambda name=name: iot.describe_thing_type(thingTypeName=name),
@@ -401,13 +404,16 @@ def bootstrap(
         "bucket_created": ensure_bucket(s3, settings.bucket, region),
     }
     report["inbox_queue_url"] = ensure_inbox_notifications(s3, sqs, settings.bucket, settings.inbox_prefix)
-    certificate_pem, key_pem, report["ca_created"] = ensure_development_ca(local_state / "ca", create_dev_ca)
+    secrets = session.client("secretsmanager", endpoint_url=endpoint_url)
+    ca, report["ca_registration"] = ensure_factory_ca(
+        iot, secrets, local_state / "ca", settings.ca_secret_id, create_dev_ca
+    )
+    certificate_pem, key_pem = ca.certificate_pem, ca.private_key_pem()
     report["ca_certificate"] = str(local_state / "ca" / CA_CERTIFICATE_FILE)
     report["ca_key"] = str(local_state / "ca" / CA_KEY_FILE)
-    report["ca_registration"] = ensure_ca_registered(iot, certificate_pem, key_pem)
     report["created"] = ensure_catalog_resources(iot, catalog)
     pca_pem = None
-    if any(p.certificate_mode == "acm_pca" for p in catalog.products.values()):
+    if any(p.signed_by_pca for p in catalog.products.values()):
         pca = session.client("acm-pca", endpoint_url=endpoint_url)
         arn, pca_pem, created = ensure_acm_pca(
             pca, iot, local_state / "ca", settings.acm_pca_arn, create_dev_ca

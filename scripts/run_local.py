@@ -37,6 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 DAG_ID = "provision_factory_batch"
+SECRETS_BACKEND = "airflow.providers.amazon.aws.secrets.secrets_manager.SecretsManagerBackend"
 DEFAULT_MANIFEST = ROOT / "data" / "sample" / "manifest.csv"
 # Lines of `airflow dags test` worth showing while it runs (everything goes to the log file).
 _TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\S+) map_index=(-?\d+)")
@@ -94,8 +95,10 @@ def stop_group(process: subprocess.Popen, grace: float = 10.0) -> None:
 
 
 @contextmanager
-def emulator(state_dir: Path, logs: Path, report: Callable[[str], None] = say) -> Iterator[str]:
-    """The emulator on a free loopback port, its state persisted under state_dir/emulator."""
+def emulator(
+    state_dir: Path, logs: Path, report: Callable[[str], None] = say, *, persist: bool = True
+) -> Iterator[str]:
+    """The emulator on a free loopback port, its state persisted under state_dir/emulator (or in memory)."""
     port = free_port()
     log_path = logs / "emulator.log"
     log_file = log_path.open("ab")
@@ -103,7 +106,8 @@ def emulator(state_dir: Path, logs: Path, report: Callable[[str], None] = say) -
     extra = shlex.split(os.environ.get("IOT_EMULATOR_ARGS", ""))
     process = subprocess.Popen(
         [sys.executable, "-m", "iot_emulator", "--host", "127.0.0.1", "--port", str(port)]
-        + ["--state-dir", str(state_dir / "emulator"), *extra],
+        + (["--state-dir", str(state_dir / "emulator")] if persist else [])
+        + extra,
         cwd=ROOT,
         stdout=log_file,
         stderr=subprocess.STDOUT,
@@ -137,6 +141,18 @@ def airflow_env(state_dir: Path, endpoint: str) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(aws),
+        # The factory CA is the connection factory_ca, served from Secrets Manager (the emulator's here) by
+        # Airflow's amazon secrets backend: bootstrap stores it there, manage_factory_ca rotates it.
+        "AIRFLOW__SECRETS__BACKEND": SECRETS_BACKEND,
+        "AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps(
+            {
+                "connections_prefix": "airflow/connections",
+                "variables_prefix": None,
+                "config_prefix": None,
+                "endpoint_url": endpoint,
+                "region_name": "us-east-1",
+            }
+        ),
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -352,9 +368,6 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 .strip()
                 .splitlines()[-1]
-            )
-            env["AIRFLOW_CONN_FACTORY_CA"] = factory_ca_connection(
-                Path(report["ca_certificate"]), Path(report["ca_key"])
             )
             env["PIPELINE_INBOX_QUEUE_URL"] = report["inbox_queue_url"]
             if report.get("acm_pca_arn"):

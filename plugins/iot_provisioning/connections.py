@@ -28,7 +28,7 @@ def acm_pca_client(aws_conn_id: str | None = AWS_CONN_ID) -> Any:
     return AwsBaseHook(aws_conn_id=aws_conn_id, client_type="acm-pca", config=config).conn
 
 
-def _ca_from_connection(
+def ca_from_connection(
     password: str | None, extra: str | dict[str, Any] | None, conn_id: str
 ) -> tuple[str, str]:
     """(certificate PEM, private key PEM) from the connection's password and extra.certificate_pem."""
@@ -54,7 +54,7 @@ def factory_ca_pems(conn_id: str = FACTORY_CA_CONN_ID) -> tuple[str, str]:
     from airflow.sdk import BaseHook
 
     connection = BaseHook.get_connection(conn_id)
-    return _ca_from_connection(connection.password, connection.extra, conn_id)
+    return ca_from_connection(connection.password, connection.extra, conn_id)
 
 
 def factory_ca_certificate(conn_id: str = FACTORY_CA_CONN_ID) -> str:

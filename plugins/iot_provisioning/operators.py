@@ -65,6 +65,7 @@ class StartThingRegistrationTaskOperator(AwsBaseOperator[IotHook]):
         self.waiter_delay = waiter_delay
         self.waiter_max_attempts = waiter_max_attempts
         self.slot_delay = slot_delay
+        self._registration_task_id: str | None = None  # the AWS task this try started or resumed
 
     def _domain(self) -> tuple[Any, Any, Any, Any]:
         """(registration module, settings, batch record, unit record); imported late: parsing stays light."""
@@ -101,6 +102,7 @@ class StartThingRegistrationTaskOperator(AwsBaseOperator[IotHook]):
         except registration.RegistrationSlotBusy:
             return self._wait_for_slot(context, unit.unit)
         state = progress.registration
+        self._registration_task_id = state.task_id
         if progress.started:
             self.log.info(
                 "Started registration task %s for unit %s (%s lines).", state.task_id, unit.unit, unit.lines
@@ -172,6 +174,23 @@ class StartThingRegistrationTaskOperator(AwsBaseOperator[IotHook]):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         event = validate_execute_complete_event(event)
         return self._finish(event["task_id"])
+
+    def on_kill(self) -> None:
+        """Cleared, marked failed or killed while running here: stop the AWS task, which holds the
+        account's only registration slot (while deferred, the trigger's on_kill does the same)."""
+        from include.inventory import Inventory
+        from include.registration_cancel import stop_registration
+
+        _, settings, batch, unit = self._domain()
+        inventory = Inventory(settings.inventory_url)
+        task_id = self._registration_task_id or (
+            inventory.registration_task(batch.run_id, unit.unit) or {}
+        ).get("task_id")
+        if task_id:
+            state = stop_registration(
+                self.hook.conn, inventory, task_id, f"{self.task_id} of {batch.run_id} killed"
+            )
+            self.log.warning("Killed: registration task %s of unit %s is now %s", task_id, unit.unit, state)
 
     def _finish(self, task_id: str) -> dict[str, Any]:
         """Record the task's final state; a task still running (the waiter gave up) fails this try."""

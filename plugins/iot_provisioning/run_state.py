@@ -34,6 +34,23 @@ def fail_fast_on_input_errors(run_id: str, source: str) -> Iterator[None]:
         raise AirflowFailException(str(error)) from error
 
 
+@contextlib.contextmanager
+def fail_fast(*also: type[Exception]) -> Iterator[None]:
+    """A domain error (PipelineError), or one of ``also`` (a refused parameter: ValueError), fails the task at
+    once: AirflowFailException, which Airflow never retries. Anything else (AWS throttling beyond botocore's
+    retries, 5xx, a lost connection) is left to Airflow's retries."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.errors import PipelineError
+
+    try:
+        yield
+    except (PipelineError, *also) as error:
+        # a domain error's message is a whole sentence; a bare ValueError's needs its kind
+        message = str(error) if isinstance(error, PipelineError) else f"{type(error).__name__}: {error}"
+        raise AirflowFailException(message) from error
+
+
 def airflow_liveness(ti: Any, default_dag_id: str) -> Any:
     """An include.pipeline.IsLive asking Airflow for the state of another DAG run (None when it cannot)."""
 

@@ -55,6 +55,25 @@ class ThingRegistrationTaskTrigger(AwsBaseWaiterTrigger):
             **kwargs,
         )
 
+    async def on_kill(self) -> None:
+        """The deferred register task was cleared or marked failed: stop its AWS task (it holds the
+        account's only registration slot) and record it. Airflow calls this on a user's action only, never
+        on a triggerer restart or hand-over, which is why it is not done in cleanup()."""
+        import asyncio
+
+        task_id = self.waiter_args["taskId"]
+        state = await asyncio.to_thread(self._stop, task_id)
+        self.log.warning("Register task killed: registration task %s is now %s", task_id, state)
+
+    def _stop(self, task_id: str) -> object:
+        from include.inventory import Inventory
+        from include.registration_cancel import stop_registration
+        from plugins.iot_provisioning.settings_source import pipeline_settings
+
+        inventory = Inventory(pipeline_settings().inventory_url)
+        why = "its deferred register task was cleared or marked failed"
+        return stop_registration(self.hook().conn, inventory, task_id, why)
+
 
 class RegistrationSlotTrigger(AwsBaseWaiterTrigger):
     """

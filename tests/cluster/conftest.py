@@ -139,10 +139,13 @@ class RunningCluster:
         return self.cluster.config.emulator_url
 
     def s3(self) -> Any:
+        return self.client("s3")
+
+    def client(self, service: str) -> Any:
         import boto3
 
         return boto3.client(
-            "s3",
+            service,
             endpoint_url=self.emulator_url,
             region_name="us-east-1",
             aws_access_key_id="testing",

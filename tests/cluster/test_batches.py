@@ -6,7 +6,6 @@ import hashlib
 import json
 import time
 import urllib.parse
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -14,10 +13,6 @@ import pytest
 from tests.cluster.conftest import RunningCluster, manifest
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
-
-
-def _interval(ti: dict[str, Any]) -> tuple[datetime, datetime]:
-    return datetime.fromisoformat(ti["start_date"]), datetime.fromisoformat(ti["end_date"])
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +48,29 @@ def test_batches_run_their_chunks_on_both_workers_and_end_accounted(cluster, two
     assert hosts == {"worker-1", "worker-2"}, hosts
 
 
-def test_registrations_of_concurrent_batches_take_the_one_slot_pool_in_turn(two_batches):
+def test_registrations_of_concurrent_batches_take_the_one_registration_slot_in_turn(cluster, two_batches):
+    """The AWS tasks never overlap. The pool alone cannot promise it: a register task whose trigger fired
+    waits in `scheduled`, which holds no pool slot, so another batch's register may start meanwhile and
+    find the slot busy (it then waits deferred on RegistrationSlotTrigger)."""
     registers = [
         ti for tis in two_batches["task_instances"].values() for ti in tis if ti["task_id"] == "register"
     ]
     assert len(registers) == 4  # TH-100 and GW-200 in each batch
     assert {ti["pool"] for ti in registers} == {"iot_bulk_registration"}
-    intervals = sorted(_interval(ti) for ti in registers)
+    iot = cluster.client("iot")
+    task_ids = {
+        row[0]
+        for run_id in two_batches["run_ids"]
+        for row in cluster.query(
+            "SELECT task_id FROM registration_tasks WHERE run_id = :run_id", run_id=run_id
+        )
+    }
+    assert len(task_ids) == 4, task_ids  # one AWS task per unit: no unit started a second one
+    tasks = [iot.describe_thing_registration_task(taskId=task_id) for task_id in task_ids]
+    assert {task["status"] for task in tasks} == {"Completed"}
+    intervals = sorted((task["creationDate"], task["lastModifiedDate"]) for task in tasks)
     for (_, end), (start, _) in zip(intervals, intervals[1:], strict=False):
-        assert start >= end, f"two registrations held the one-slot pool at once: {intervals}"
+        assert start >= end, f"two registration tasks ran in the account at once: {intervals}"
 
 
 def test_an_upload_to_the_inbox_starts_a_run_through_the_asset_watcher(cluster, tmp_path):

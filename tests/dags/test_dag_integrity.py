@@ -8,7 +8,16 @@ import pytest
 
 from tests.dags.airflow_support import DAGS_DIR
 
-EXPECTED = {"provision_factory_batch", "provision_factory_batch_from_inbox", "scan_factory_inbox"}
+EXPECTED = {
+    "provision_factory_batch",
+    "provision_factory_batch_from_inbox",
+    "scan_factory_inbox",
+    "manage_factory_ca",
+    "prepare_fleet_claim",
+    "reconcile_fleet_devices",
+    "manage_devices",
+    "audit_drift",
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +52,7 @@ def test_conventions(dagbag, dag_id):
 def test_provision_params_form(dagbag):
     params = dagbag.dags["provision_factory_batch"].params
     specs = {name: params.get_param(name).schema for name in params}
-    assert set(specs) == {"manifest", "product", "dry_run", "max_devices"}
+    assert set(specs) == {"manifest", "product", "catalog", "dry_run", "max_devices"}
     for name in specs:
         param = params.get_param(name)
         assert param.schema.get("title") and param.description and param.schema.get("section")

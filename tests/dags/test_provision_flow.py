@@ -40,7 +40,17 @@ class FakeDomain:
         self.calls.setdefault(name, []).append(value)
 
     def intake(
-        self, s3, settings, source, *, run_id, dag_id=None, product=None, dry_run=False, max_devices=None
+        self,
+        s3,
+        settings,
+        source,
+        *,
+        run_id,
+        dag_id=None,
+        product=None,
+        catalog=None,
+        dry_run=False,
+        max_devices=None,
     ):
         self._record("intake", {"source": source, "run_id": run_id, "dag_id": dag_id, "dry_run": dry_run})
         return Batch(
@@ -103,8 +113,11 @@ class FakeDomain:
             )
         return units
 
-    def reconcile(self, s3, settings, batch, unit, registration, results_lines, errors_lines):
-        results, errors = list(results_lines), list(errors_lines)
+    def reconcile_task(self, iot, s3, settings, batch, unit, registration):
+        from include.registration import report_lines
+
+        results = list(report_lines(iot, registration.task_id, "RESULTS"))
+        errors = list(report_lines(iot, registration.task_id, "ERRORS"))
         self._record(
             "reconcile", (unit.unit, registration.task_id, registration.status, len(results), len(errors))
         )
@@ -143,7 +156,7 @@ def fake_domain(monkeypatch, fresh_emulator, aws_connection_env, factory_ca_env,
         fake = FakeDomain(chunks, devices_per_group)
         for name in ("intake", "validate", "preflight", "issue_credentials", "write_parameter_files"):
             monkeypatch.setattr(pipeline, name, getattr(fake, name))
-        for name in ("reconcile", "summarize"):
+        for name in ("reconcile_task", "summarize"):
             monkeypatch.setattr(pipeline, name, getattr(fake, name))
         return fake
 

@@ -61,15 +61,7 @@ def register_unit(iot: Any, s3: Any, settings: Settings, batch: Batch, unit: Reg
     state = registration.run_to_end(
         iot, s3, inventory, batch, unit, settings.registration_role_arn, poll=0.05, timeout=120
     )
-    return pipeline.reconcile(
-        s3,
-        settings,
-        batch,
-        unit,
-        state,
-        registration.report_lines(iot, state.task_id, "RESULTS"),
-        registration.report_lines(iot, state.task_id, "ERRORS"),
-    )
+    return pipeline.reconcile_task(iot, s3, settings, batch, unit, state)
 
 
 def run_flow(

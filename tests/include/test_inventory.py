@@ -133,16 +133,29 @@ def test_device_results_never_demote_a_provisioned_device(inventory_url):
     assert inventory.device("TH-100-1")["run_id"] == "r1"
 
 
-def test_settled_outcomes_reach_every_real_run_of_the_batch_with_the_row_pending(inventory_url):
+def test_reconciled_results_reach_every_real_run_of_the_batch_with_the_row_pending(inventory_url):
     inventory = Inventory(inventory_url)
     for run, dry in (("dead", False), ("new", False), ("dry", True)):
         inventory.record_run(run, BATCH, "m.csv", dry_run=dry)
         inventory.record_outcomes(
             run, BATCH, [(1, PENDING, None, None, "TH-100", "1", "TH-100-1", None, None, None)]
         )
-    inventory.settle_outcomes(
-        BATCH, [(1, PROVISIONED, None, None, None, None, None, "TH-100.1", 1, "c" * 64)]
+    result = (
+        "TH-100-1",
+        "TH-100",
+        "1",
+        PROVISIONED,
+        "arn:thing",
+        "c" * 64,
+        "arn:cert",
+        "ca",
+        1,
+        "t",
+        None,
+        None,
     )
+    inventory.record_results("new", BATCH, [(*result, "TH-100.1", 1)])
+    assert inventory.device("TH-100-1")["status"] == PROVISIONED
     outcome = {run: next(inventory.outcomes(run)) for run in ("dead", "new", "dry")}
     assert outcome["dead"]["outcome"] == outcome["new"]["outcome"] == PROVISIONED
     assert outcome["new"]["unit"] == "TH-100.1" and outcome["new"]["thing_name"] == "TH-100-1"

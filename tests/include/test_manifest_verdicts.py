@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -31,6 +32,7 @@ def catalog_with_a_small_product(tmp_path_factory):
     """The shipped products plus X-1, which has no thing type, so its things take at most 3 attributes."""
     folder = tmp_path_factory.mktemp("catalog")
     (folder / "t.json.j2").write_text("{}")
+    shutil.copytree(Path(Settings().catalog_path).parent / "templates", folder / "templates")
     shipped = Path(Settings().catalog_path).read_text().replace("templates/device.json.j2", "t.json.j2")
     (folder / "products.yaml").write_text(
         shipped

@@ -140,6 +140,8 @@ def test_command_line_flags() -> None:
         "task_line_delay": 0.01,
         "fail_lines": [2, 5],
         "fail_rate": 0.0,
+        "partial_fail_lines": [],
+        "detach_lag": 0.0,
         "seed": 9,
         "injected": {},
     }

@@ -1,0 +1,1 @@
+"""The CDF provisioning API's domain: templates, extensions, things, bulk (free of Airflow)."""
