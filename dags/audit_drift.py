@@ -97,7 +97,7 @@ def find_unknown(plan: dict, params: dict | None = None) -> dict:
     from include.lifecycle_records import AuditPlan
 
     s3, iot = _clients()
-    with fail_fast():  # e.g. a batch id with no manifest in S3
+    with fail_fast(ValueError):  # e.g. a batch id with no manifest in S3
         return drift.find_unknown(
             iot, s3, pipeline_settings(), AuditPlan.of(plan), rate_limit=_rate(params)
         ).to_xcom()

@@ -58,7 +58,7 @@ def plan(params: dict | None = None, run_id: str | None = None) -> dict:
         serials=tuple(params.get("serials") or ()),
         outcome=params.get("outcome") or None,
     )
-    with fail_fast():
+    with fail_fast(ValueError):
         result = lifecycle.plan(
             s3_client(),
             pipeline_settings(),
@@ -102,7 +102,7 @@ def act(plan: dict, chunk: dict) -> dict:
     get_current_context()["chunk_label"] = part.label
     s3, iot = aws_clients(AWS_CONN_ID)
     ca_pems = factory_ca_pems() if record.action == REKEY and not record.dry_run else None
-    with fail_fast():
+    with fail_fast(ValueError):
         return lifecycle.run_chunk(iot, s3, pipeline_settings(), record, part, ca_pems=ca_pems).to_xcom()
 
 

@@ -251,8 +251,17 @@ def _unknown_anywhere(
 
 # -- report and repair -----------------------------------------------------------------------------------
 def _differences(s3: Any, settings: Settings, keys: Iterable[str]) -> list[dict[str, Any]]:
+    """Every chunk's differences; a certificate both a thing's check and the CA listing found unknown is
+    one difference (the thing's, which comes first), not two."""
     tables = [get_table(s3, settings.bucket, key) for key in keys]
-    return [row for table in tables for row in table.to_pylist()]
+    rows, unknown = [], set()
+    for row in (row for table in tables for row in table.to_pylist()):
+        if row["kind"] == UNKNOWN_CERTIFICATE and row["certificate_id"]:
+            if row["certificate_id"] in unknown:
+                continue
+            unknown.add(row["certificate_id"])
+        rows.append(row)
+    return rows
 
 
 def repair(settings: Settings, run_id: str, rows: list[dict[str, Any]]) -> dict[str, int]:

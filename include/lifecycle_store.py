@@ -289,7 +289,8 @@ class LifecycleStore:
 
     # -- drift repair ---------------------------------------------------------------------------------
     def adopt(self, run_id: str, rows: Sequence[dict[str, Any]], reason: str) -> int:
-        """Records for things the registry has and the inventory did not (or had as deleted): provisioned.
+        """Records for things the registry has and the inventory did not (or had as deleted): provisioned,
+        or failed (claimable: the manifest's next run gives it a certificate) when the thing holds none.
 
         Each row: thing_name, model, serial_number, batch_id, manifest_row, thing_arn, certificate_id,
         certificate_arn, certificate_status, issuer. A device another run holds (claimed) is left alone.
@@ -300,9 +301,13 @@ class LifecycleStore:
         values = [
             {
                 **row,
-                "status": DEVICE_PROVISIONED,
+                "status": DEVICE_PROVISIONED if row.get("certificate_id") else DEVICE_FAILED,
+                "error_code": None if row.get("certificate_id") else "NoCertificate",
+                "error_message": None
+                if row.get("certificate_id")
+                else "the thing holds no certificate: run its manifest again to give it one",
                 "run_id": run_id,
-                "provisioned_at": now,
+                "provisioned_at": now if row.get("certificate_id") else None,
                 "updated_at": now,
                 "lifecycle_action": "repair",
                 "lifecycle_run_id": run_id,

@@ -42,7 +42,9 @@ DEFAULT_MANIFEST = ROOT / "data" / "sample" / "manifest.csv"
 # Lines of `airflow dags test` worth showing while it runs (everything goes to the log file).
 _TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\S+) map_index=(-?\d+)")
 _TASK_STATE = re.compile(r"new_state=(failed|up_for_retry)")
-_NOTE = re.compile(r"((?:Started|Resuming) registration task .*?\.|Thing registration task \S+: \{.*?\})")
+# up to the ")" that ends "(883 lines)" or "(InProgress, 40%)": unit names hold dots ("TH-100.1")
+_NOTE = re.compile(r"((?:Started|Resuming) registration task [^)]*\)|Thing registration task \S+: \{.*?\})")
+_EXCEPTION = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$")
 _RUN_END = re.compile(r"DagRun Finished: .*?state=(\w+)")
 
 
@@ -299,6 +301,13 @@ def leaf_tasks(dag_id: str) -> list[str]:
     return sorted(task.task_id for task in dag.tasks if not task.downstream_task_ids)
 
 
+def _last_exception(log_path: Path) -> str:
+    """': <type>: <message>' of the last exception in a run's log, or '' (domain messages hold no keys)."""
+    lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
+    found = next((m for m in map(_EXCEPTION.match, reversed(lines)) if m), None)
+    return f": {found.group(1)}: {found.group(2)}" if found else ""
+
+
 def dag_result(dag_id: str, succeeded: bool, log_path: Path) -> tuple[dict[str, Any], str | None]:
     """(the result to print, the reason the run failed or None)."""
     run_id, state, failed = newest_run(dag_id)
@@ -318,7 +327,7 @@ def dag_result(dag_id: str, succeeded: bool, log_path: Path) -> tuple[dict[str, 
     if not isinstance(result, dict):
         result = {"result": result}
     if not succeeded:
-        error = f"tasks {', '.join(failed) or '?'} failed; see {log_path}"
+        error = f"tasks {', '.join(failed) or '?'} failed{_last_exception(log_path)}; see {log_path}"
         return {"dag_id": dag_id, "run_id": run_id, "state": state, "error": error, **result}, error
     return result, None
 

@@ -3,7 +3,6 @@ provisioned, against the emulator over HTTP; by-hand changes with the AWS CLI. T
 
 from __future__ import annotations
 
-import inspect
 import io
 import json
 import subprocess
@@ -203,12 +202,6 @@ def test_revoke_then_audit_finds_no_drift_and_changes_by_hand_are_found_and_repa
     assert after[gone]["status"] == "deleted" and after[hand_revoked]["certificate_status"] == "REVOKED"
 
 
-def _preflight_asks_the_registry() -> bool:
-    from include import pipeline
-
-    return "things_unknown_to_inventory" in inspect.getsource(inspect.getmodule(pipeline.preflight))
-
-
 def test_a_lost_inventory_is_adopted_by_the_audit_and_a_rerun_makes_no_second_certificate(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
@@ -225,11 +218,13 @@ def test_a_lost_inventory_is_adopted_by_the_audit_and_a_rerun_makes_no_second_ce
     assert snapshot(pipeline.iot) == before  # no second certificate on any thing
 
 
-@pytest.mark.skipif(
-    not _preflight_asks_the_registry(),
-    reason="preflight does not call include.drift_registry.things_unknown_to_inventory yet "
-    "(the wiring is in docs/lifecycle.md)",
-)
+def test_a_request_without_a_selection_fails_at_once_without_retries(pipeline: Pipeline) -> None:
+    dag_run, _ = run("manage_devices", action="delete")
+    assert dag_run.state == "failed", states(dag_run)
+    (plan,) = [ti for ti in dag_run.get_task_instances() if ti.task_id == "plan"]
+    assert (str(plan.state), plan.try_number) == ("failed", 1)  # AirflowFailException: not retried
+
+
 def test_a_rerun_against_an_emptied_inventory_refuses_the_existing_things(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:

@@ -108,6 +108,29 @@ def test_policy_and_unknown_certificate_drift_is_reported_not_repaired(provision
     )
 
 
+def test_an_unknown_factory_ca_certificate_on_a_thing_is_one_difference(provisioned: Provisioned) -> None:
+    """Found by the thing's check and by the CA's listing: reported once."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    p = provisioned
+    record = next(iter(records(p.settings).values()))
+    certificate = p.ca.issue_device_certificate(
+        ec.generate_private_key(ec.SECP256R1()).public_key(), record["thing_name"], "spare"
+    )
+    registered = p.iot.register_certificate(
+        certificatePem=certificate.public_bytes(serialization.Encoding.PEM).decode(),
+        caCertificatePem=p.ca.certificate_pem,
+        status="ACTIVE",
+    )
+    p.iot.attach_thing_principal(thingName=record["thing_name"], principal=registered["certificateArn"])
+
+    summary = audit(p.iot, p.s3, p.settings, None)
+    assert summary["kinds"] == {"unknown_certificate": 1}
+    (row,) = drift_rows(p.s3, summary)
+    assert (row["certificate_id"], row["thing_name"]) == (registered["certificateId"], record["thing_name"])
+
+
 def test_a_lost_inventory_is_rebuilt_from_the_registry_and_a_rerun_adds_no_certificate(
     provisioned: Provisioned, tmp_path: Path
 ) -> None:
@@ -132,6 +155,29 @@ def test_a_lost_inventory_is_rebuilt_from_the_registry_and_a_rerun_adds_no_certi
     rerun = run_flow(p.iot, p.s3, p.settings, p.ca, str(manifest), "manual__rerun")
     assert (rerun["skipped"], rerun["provisioned"]) == (12, 0)
     assert snapshot(p.iot) == before  # no second certificate on any thing
+
+
+def test_a_lost_inventory_thing_without_certificate_is_adopted_claimable_and_the_rerun_gives_it_one(
+    provisioned: Provisioned, tmp_path: Path
+) -> None:
+    p = provisioned
+    bare = sorted(records(p.settings))[0]
+    (principal,) = p.iot.list_thing_principals(thingName=bare)["principals"]
+    p.iot.detach_thing_principal(thingName=bare, principal=principal)
+    with Inventory(p.settings.inventory_url).engine.begin() as connection:
+        connection.execute(sa.delete(devices))
+
+    repaired = audit(p.iot, p.s3, p.settings, p.batch_id, repair=True)
+    assert repaired["repaired"] == {"updated": 0, "adopted": 12}
+    adopted = records(p.settings)
+    assert (adopted[bare]["status"], adopted[bare]["certificate_id"]) == ("failed", None)
+    assert {r["status"] for name, r in adopted.items() if name != bare} == {"provisioned"}
+
+    manifest = small_manifest(tmp_path, 12, 61_000_000)
+    rerun = run_flow(p.iot, p.s3, p.settings, p.ca, str(manifest), "manual__rerun")
+    assert (rerun["skipped"], rerun["provisioned"]) == (11, 1)
+    principals = p.iot.list_thing_principals(thingName=bare)["principals"]
+    assert len(principals) == 1 and principals[0] == records(p.settings)[bare]["certificate_arn"]
 
 
 def test_things_unknown_to_the_inventory_are_found_with_bounded_listings(provisioned: Provisioned) -> None:
