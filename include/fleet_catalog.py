@@ -143,9 +143,6 @@ def form_models(catalog_path: str | Path, *, fleet: bool) -> list[str]:
         return []
 
 
-def fleet_models(catalog_path: str | Path) -> list[str]:
-    return form_models(catalog_path, fleet=True)
-
 
 def fleet_product_of(catalog_path: str | Path, model: str) -> FleetProduct:
     """The catalog's fleet product `model`, or a CatalogError naming the fleet products there are."""

@@ -94,17 +94,13 @@ def preflight(
         for group, body in templates.items():
             put_bytes(s3, settings.bucket, files.template(group), body.encode("utf-8"), "application/json")
         inventory = open_inventory(settings)
-        accepted, rows, models = _refuse_unknown_things(iot, inventory, catalog, batch, accepted, report)
+        accepted, (rows, models, names, serials) = _refuse_unknown_things(
+            iot, inventory, catalog, batch, accepted, (rows, models), report
+        )
         holders = inventory.claim(
             batch.run_id,
             batch.batch_id,
-            zip(
-                accepted.column("thing_name").to_pylist(),
-                rows,
-                models,
-                accepted.column("serial_number").to_pylist(),
-                strict=True,
-            ),
+            zip(names, rows, models, serials, strict=True),
             dry_run=batch.dry_run,
         )
         resumed = Resumed()
@@ -153,19 +149,25 @@ def preflight(
 
 
 def _refuse_unknown_things(
-    iot: Any, inventory: Inventory, catalog: Any, batch: Batch, accepted: pa.Table, report: dict[str, Any]
-) -> tuple[pa.Table, list[int], list[str]]:
+    iot: Any,
+    inventory: Inventory,
+    catalog: Any,
+    batch: Batch,
+    accepted: pa.Table,
+    rows_and_models: tuple[list[int], list[str]],
+    report: dict[str, Any],
+) -> tuple[pa.Table, tuple[list[int], list[str], list[str], list[str]]]:
     """Quarantine accepted devices whose things exist in AWS IoT with no inventory record (a lost or another
-    deployment's inventory): provisioning them would give each a second certificate. Returns what is left."""
+    deployment's inventory): provisioning them would give each a second certificate. Returns what is left,
+    and its (row, model, thing_name, serial_number) columns."""
+    rows, models = rows_and_models
     names = accepted.column("thing_name").to_pylist()
-    models = accepted.column("model").to_pylist()
     serials = accepted.column("serial_number").to_pylist()
-    rows = accepted.column("row").to_pylist()
     unknown = things_unknown_to_inventory(iot, inventory, zip(names, models, serials, strict=True), catalog)
     found = [i for i, name in enumerate(names) if name in unknown.found]
     report["in_registry"] = {"found": len(found), "checked": unknown.checked, "calls": unknown.calls}
     if not found:
-        return accepted, rows, models
+        return accepted, (rows, models, names, serials)
     inventory.record_outcomes(
         batch.run_id,
         batch.batch_id,
@@ -185,8 +187,9 @@ def _refuse_unknown_things(
         ),
     )
     refused = set(found)
-    kept = accepted.take(pa.array([i for i in range(len(names)) if i not in refused], pa.int64()))
-    return kept, kept.column("row").to_pylist(), kept.column("model").to_pylist()
+    keep = [i for i in range(len(names)) if i not in refused]
+    kept = accepted.take(pa.array(keep, pa.int64()))
+    return kept, tuple([column[i] for i in keep] for column in (rows, models, names, serials))
 
 
 def _pca_certificate(

@@ -11,7 +11,7 @@ import yaml
 
 from include.catalog import load_catalog
 from include.errors import CatalogError, TemplateError
-from include.fleet_catalog import fleet_models
+from include.fleet_catalog import form_models
 from include.fleet_templates import (
     check_claim_policy,
     check_fleet_template,
@@ -49,7 +49,7 @@ def test_the_shipped_catalog_has_a_claim_product_apart_from_the_bulk_ones():
         "FleetClaim-FC-600",
         "SmartPlug",
     )
-    assert fleet_models(Settings().catalog_path) == ["FC-600"]
+    assert form_models(Settings().catalog_path, fleet=True) == ["FC-600"]
     assert {"TH-100", "GW-200"} <= set(catalog.products)
 
 
