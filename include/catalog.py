@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -147,8 +149,21 @@ class Catalog:
 
 
 def load_catalog(path: str | Path) -> Catalog:
-    """Read and check the catalog; every problem is reported with the product and field it concerns."""
+    """Read and check the catalog; every problem is reported with the product and field it concerns.
+
+    Parsed once per process and file version (path, size, mtime): every credentials chunk and every stage
+    of a run asks for it, and parsing the YAML costs milliseconds each time. The catalog is immutable.
+    """
     path = Path(path)
+    try:
+        status = path.stat()
+    except OSError as exc:
+        raise CatalogError(f"cannot read the product catalog {path}: {exc.strerror}") from None
+    return _parsed_catalog(path, status.st_size, status.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_catalog(path: Path, _size: int, _mtime_ns: int) -> Catalog:
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -178,7 +193,9 @@ def load_catalog(path: str | Path) -> Catalog:
         raise CatalogError(f"product catalog {path}: " + "; ".join(problems))
     if not products and not fleet_products:
         raise CatalogError(f"product catalog {path} defines no products")
-    return Catalog(products=products, path=path, fleet_products=fleet_products)
+    return Catalog(
+        products=MappingProxyType(products), path=path, fleet_products=MappingProxyType(fleet_products)
+    )
 
 
 def _product(model: str, entry: Any, base: Path) -> Product:

@@ -11,7 +11,10 @@ one core in the same process, and every stage is compared with it times the core
 pipeline side (every stage but the emulator's registration) is set beside the credentials floor time on
 all cores, and the peak memory of all processes is sampled.
 
-    python -m scripts.bench [--devices N] [--workers W] [--chunk-size C] [--keep]
+    python -m scripts.bench [--devices N] [--workers W] [--chunk-size C] [--keep] [--profile STAGE ...]
+
+--profile prints cProfile's top functions of this process (not the credential workers) for each stage
+whose name starts with STAGE, to stderr.
 
 Progress goes to stderr; stdout gets the table, then one JSON line with every figure.
 """
@@ -20,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import csv
 import datetime as dt
 import json
 import os
 import platform
+import pstats
 import resource
 import shutil
 import sys
@@ -80,30 +85,38 @@ class Stage:
 class Stopwatch:
     """Collects stages in order; `with watch("name", devices) as stage:` times one."""
 
-    def __init__(self) -> None:
+    def __init__(self, profile: tuple[str, ...] = ()) -> None:
         self.stages: list[Stage] = []
+        self.profile = profile  # stage name prefixes to run under cProfile
 
     def __call__(self, name: str, devices: int = 0, cores: int = 1) -> _Timing:
         stage = Stage(name, devices, 0.0, cores)
         self.stages.append(stage)
-        return _Timing(stage)
+        profiled = any(name.startswith(prefix) for prefix in self.profile)
+        return _Timing(stage, cProfile.Profile() if profiled else None)
 
 
 class _Timing:
-    def __init__(self, stage: Stage) -> None:
-        self.stage = stage
+    def __init__(self, stage: Stage, profiler: cProfile.Profile | None) -> None:
+        self.stage, self.profiler = stage, profiler
 
     def __enter__(self) -> Stage:
         note(f"{self.stage.name} ...")
         self._start, self._cpu, self._children = time.perf_counter(), cpu_seconds(), children_cpu_seconds()
+        if self.profiler:
+            self.profiler.enable()
         return self.stage
 
     def __exit__(self, *exc: object) -> None:
+        if self.profiler:
+            self.profiler.disable()
         self.stage.seconds = time.perf_counter() - self._start
         self.stage.cpu_seconds = cpu_seconds() - self._cpu
         self.stage.worker_cpu_seconds = children_cpu_seconds() - self._children
         if exc[0] is None:
             note(f"{self.stage.name}: {self.stage.devices:,} devices in {self.stage.seconds:.2f} s")
+        if self.profiler:  # its overhead is in the figures above: profile runs are for finding, not quoting
+            pstats.Stats(self.profiler, stream=sys.stderr).sort_stats("tottime").print_stats(30)
 
 
 def cpu_seconds() -> float:
@@ -129,15 +142,17 @@ def children_cpu_seconds() -> float:
 
 
 class MemoryPeak:
-    """The peak of the resident memory of this process and its children (but the emulator) together,
-    sampled every 0.1 s.
+    """The peak memory of this process and its children (but the emulator) together, sampled every 0.1 s.
 
-    RSS summed over processes counts pages they share (libraries, forked copy-on-write memory) once per
-    process, so the figure is an upper bound of what the machine really gave them.
+    Two sums: PSS (Linux's proportional set size: a page shared by k processes counts 1/k in each, so the
+    sum is what the machine really gave them, the figure the memory goal is read on) and RSS (a shared page
+    counts in every process: the forked credential workers share the parent's pages, so this is an upper
+    bound). PSS comes from /proc/PID/smaps_rollup; where it cannot be read, RSS stands in for it.
     """
 
     def __init__(self) -> None:
-        self.peak = 0
+        self.peak = 0  # PSS summed
+        self.peak_rss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -152,16 +167,30 @@ class MemoryPeak:
     def _sample(self) -> None:
         me = psutil.Process()
         while not self._stop.is_set():
-            total = 0
+            pss = rss = 0
             for process in (me, *me.children(recursive=True)):
                 if process.pid in EXCLUDED_PIDS:  # the emulator stands for AWS: not the pipeline's memory
                     continue
                 try:
-                    total += process.memory_info().rss
+                    resident = process.memory_info().rss
+                    pss += _pss(process.pid, resident)
+                    rss += resident
                 except psutil.Error:
                     continue
-            self.peak = max(self.peak, total)
+            self.peak, self.peak_rss = max(self.peak, pss), max(self.peak_rss, rss)
             self._stop.wait(0.1)
+
+
+def _pss(pid: int, rss: int) -> int:
+    """A process's PSS in bytes (smaps_rollup, cheaper than psutil's full smaps walk); RSS if unreadable."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return rss
 
 
 def machine() -> dict[str, Any]:
@@ -265,7 +294,9 @@ def run_pipeline(
         return pipeline.summarize(s3, settings, batch)
 
 
-def pipeline_side_figures(stages: list[Stage], devices: int, floor_rate: float, peak: int) -> dict[str, Any]:
+def pipeline_side_figures(
+    stages: list[Stage], devices: int, floor_rate: float, memory: MemoryPeak
+) -> dict[str, Any]:
     """Wall time of every stage but the emulator's registration, beside the credentials floor on all cores."""
     cores = os.cpu_count() or 1
     seconds = sum(s.seconds for s in stages if not s.name.startswith("register["))
@@ -275,7 +306,8 @@ def pipeline_side_figures(stages: list[Stage], devices: int, floor_rate: float, 
         "cores": cores,
         "credentials_floor_seconds": round(floor_seconds, 3),
         "x_credentials_floor_time": round(seconds / floor_seconds, 3),
-        "peak_rss_mb": round(peak / 2**20, 1),
+        "peak_pss_mb": round(memory.peak / 2**20, 1),
+        "peak_rss_mb": round(memory.peak_rss / 2**20, 1),
     }
 
 
@@ -364,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bad-rows", type=int, default=0, help="rows broken on purpose (quarantined)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--profile", nargs="*", default=(), metavar="STAGE", help="cProfile the stages named so (to stderr)"
+    )
     args = parser.parse_args(argv)
     if args.devices < 1 or (args.workers is not None and args.workers < 1):
         parser.error("--devices and --workers must be at least 1")
@@ -413,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             else None
         )
 
-        watch = Stopwatch()
+        watch = Stopwatch(tuple(args.profile))
         started, cpu_started = time.perf_counter(), cpu_seconds()
         with MemoryPeak() as memory:
             summary = run_pipeline(watch, iot, s3, settings, manifest, args.devices, ca_pem, ca_key_pem)
@@ -454,14 +489,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{credentials.cores} cores: {credentials.per_second / (mix * credentials.cores):.2f} × floor"
             )
         pipeline_side = pipeline_side_figures(
-            watch.stages, args.devices, mix or floor.per_second, memory.peak
+            watch.stages, args.devices, mix or floor.per_second, memory
         )
         print(
             f"pipeline side (every stage but the emulator's registration): {pipeline_side['seconds']:.1f} s "
             "= "
             f"{pipeline_side['x_credentials_floor_time']:.2f} × the credentials floor time on "
             f"{pipeline_side['cores']} cores ({pipeline_side['credentials_floor_seconds']:.1f} s); "
-            f"peak memory (RSS of all processes, summed) {pipeline_side['peak_rss_mb']:,.0f} MB"
+            f"peak memory of all processes together {pipeline_side['peak_pss_mb']:,.0f} MB (PSS summed; "
+            f"RSS summed, shared pages counted in every process: {pipeline_side['peak_rss_mb']:,.0f} MB)"
         )
         print(
             json.dumps(
