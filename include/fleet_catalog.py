@@ -143,7 +143,6 @@ def form_models(catalog_path: str | Path, *, fleet: bool) -> list[str]:
         return []
 
 
-
 def fleet_product_of(catalog_path: str | Path, model: str) -> FleetProduct:
     """The catalog's fleet product `model`, or a CatalogError naming the fleet products there are."""
     catalog = load_catalog(catalog_path)

@@ -488,9 +488,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"credentials vs this manifest's mix floor ({csr_share:.0%} device CSRs) on "
                 f"{credentials.cores} cores: {credentials.per_second / (mix * credentials.cores):.2f} × floor"
             )
-        pipeline_side = pipeline_side_figures(
-            watch.stages, args.devices, mix or floor.per_second, memory
-        )
+        pipeline_side = pipeline_side_figures(watch.stages, args.devices, mix or floor.per_second, memory)
         print(
             f"pipeline side (every stage but the emulator's registration): {pipeline_side['seconds']:.1f} s "
             "= "
