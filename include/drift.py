@@ -174,14 +174,9 @@ def _unknown_in_batch(
     accepted = validate_manifest(
         read_manifest(get_bytes(s3, settings.bucket, manifest_key)), catalog
     ).accepted
+    identities = accepted.select(["thing_name", "model", "serial_number"])
+    unknown = things_unknown_to_inventory(calls.iot, inventory, identities, catalog, calls=calls)
     rows = accepted.select(["row", "thing_name", "model", "serial_number"]).to_pylist()
-    unknown = things_unknown_to_inventory(
-        calls.iot,
-        inventory,
-        ((r["thing_name"], r["model"], r["serial_number"]) for r in rows),
-        catalog,
-        calls=calls,
-    )
     by_name = {r["thing_name"]: r for r in rows}
     return [
         _adoption(

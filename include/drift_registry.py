@@ -17,6 +17,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from include.aws_errors import is_not_found
 from include.catalog import Catalog, Product
 from include.inventory import Inventory
@@ -48,36 +51,39 @@ def serial_attribute(product: Product | None) -> str | None:
 def things_unknown_to_inventory(
     iot: Any,
     inventory: Inventory,
-    devices: Iterable[tuple[str, str, str]],
+    devices: pa.Table,
     catalog: Catalog,
     *,
     calls: Calls | None = None,
 ) -> UnknownThings:
-    """Which of these devices (thing_name, model, serial_number) exist in IoT without an inventory record."""
-    devices = list(devices)
-    known = LifecycleStore(inventory).known_names(name for name, _, _ in devices)
+    """Which of these devices (a table of thing_name, model, serial_number) exist in IoT without an inventory
+    record. Columnar: a batch of a million names costs set operations, not a Python step per name."""
+    names = devices.column("thing_name")
+    known = LifecycleStore(inventory).known_names(names.to_pylist())
+    if known:
+        devices = devices.filter(pc.invert(pc.is_in(names, value_set=pa.array(sorted(known), pa.string()))))
     calls = calls or Calls(iot)
     before = calls.total
     result = UnknownThings()
-    groups: dict[tuple[str | None, str | None], list[tuple[str, str]]] = defaultdict(list)
-    key_of: dict[str, tuple[str | None, str | None]] = {}  # per model: a batch has few, rows are many
-    for name, model, serial in devices:
-        if name not in known:
-            if model not in key_of:
-                product = catalog.get(model)
-                key_of[model] = (product.thing_type if product else None, serial_attribute(product))
-            groups[key_of[model]].append((name, serial))
-    for (thing_type, attribute), members in sorted(groups.items(), key=lambda item: str(item[0])):
-        result.checked += len(members)
-        wanted = {name for name, _ in members}
-        prefix = os.path.commonprefix([serial for _, serial in members]) if attribute else ""
-        budget = max(1, math.floor(len(members) * DESCRIBE_SHARE))
+    groups: dict[tuple[str | None, str | None], list[pa.Table]] = defaultdict(list)
+    for model in pc.unique(devices.column("model")).to_pylist():  # a batch has few models, rows are many
+        product = catalog.get(model)
+        key = (product.thing_type if product else None, serial_attribute(product))
+        groups[key].append(devices.filter(pc.equal(devices.column("model"), model)))
+    for (thing_type, attribute), parts in sorted(groups.items(), key=lambda item: str(item[0])):
+        members = pa.concat_tables(parts)
+        result.checked += members.num_rows
+        wanted = members.column("thing_name")
+        prefix = _common_prefix(members.column("serial_number")) if attribute else ""
+        budget = max(1, math.floor(members.num_rows * DESCRIBE_SHARE))
         listed = _list_within(calls, thing_type, attribute, prefix, budget)
         if listed is not None:
             result.listed_groups += 1
-            result.found.update({t["thingName"]: t for t in listed if t["thingName"] in wanted})
+            listed_names = pa.array([t["thingName"] for t in listed], pa.string())
+            hits = set(listed_names.filter(pc.is_in(listed_names, value_set=wanted)).to_pylist())
+            result.found.update({t["thingName"]: t for t in listed if t["thingName"] in hits})
             continue
-        for name in sorted(wanted):
+        for name in sorted(set(wanted.to_pylist())):
             result.described += 1
             try:
                 result.found[name] = calls("describe_thing", thingName=name)
@@ -86,6 +92,15 @@ def things_unknown_to_inventory(
                     raise
     result.calls = calls.total - before
     return result
+
+
+def _common_prefix(serials: pa.ChunkedArray) -> str:
+    """The longest prefix every serial shares: that of the smallest and the largest (nulls as "")."""
+    if serials.null_count:
+        return ""
+    bounds = pc.min_max(serials)
+    low, high = bounds["min"].as_py(), bounds["max"].as_py()
+    return "" if low is None or high is None else os.path.commonprefix([low, high])
 
 
 def _list_within(

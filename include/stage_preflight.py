@@ -163,8 +163,9 @@ def _refuse_unknown_things(
     rows, models = rows_and_models
     names = accepted.column("thing_name").to_pylist()
     serials = accepted.column("serial_number").to_pylist()
-    unknown = things_unknown_to_inventory(iot, inventory, zip(names, models, serials, strict=True), catalog)
-    found = [i for i, name in enumerate(names) if name in unknown.found]
+    identities = accepted.select(["thing_name", "model", "serial_number"])
+    unknown = things_unknown_to_inventory(iot, inventory, identities, catalog)
+    found = [i for i, name in enumerate(names) if name in unknown.found] if unknown.found else []
     report["in_registry"] = {"found": len(found), "checked": unknown.checked, "calls": unknown.calls}
     if not found:
         return accepted, (rows, models, names, serials)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import sqlalchemy as sa
 
 from include.catalog import load_catalog
@@ -21,6 +22,12 @@ from tests.lifecycle.conftest import Provisioned, small_manifest
 from tests.lifecycle.registry import act, audit, drift_rows, snapshot
 
 AWS = str(Path(sys.executable).with_name("aws"))
+
+
+def identities(devices: list[tuple[str, str, str]]) -> pa.Table:
+    """(thing_name, model, serial_number) tuples as the table pre-flight hands the registry check."""
+    columns = zip(*devices, strict=True)
+    return pa.table(dict(zip(("thing_name", "model", "serial_number"), columns, strict=True)))
 
 
 def aws_cli(*args: str) -> Any:
@@ -187,13 +194,13 @@ def test_things_unknown_to_the_inventory_are_found_with_bounded_listings(provisi
     batch = [(r["thing_name"], r["model"], r["serial_number"]) for r in records(p.settings).values()]
     fresh = [(f"TH-100-TH0{n}", "TH-100", f"TH0{n}") for n in range(77_000_000, 77_000_400)]
 
-    known = things_unknown_to_inventory(p.iot, inventory, batch + fresh, catalog)
+    known = things_unknown_to_inventory(p.iot, inventory, identities(batch + fresh), catalog)
     assert (known.found, known.checked) == ({}, 400)  # the batch's own devices are not even asked about
     assert known.calls == 1  # one listing page answers 400 new names
 
     with inventory.engine.begin() as connection:
         connection.execute(sa.delete(devices))
-    unknown = things_unknown_to_inventory(p.iot, inventory, batch + fresh, catalog)
+    unknown = things_unknown_to_inventory(p.iot, inventory, identities(batch + fresh), catalog)
     assert sorted(unknown.found) == sorted(name for name, _, _ in batch)
     assert unknown.calls == 2 and unknown.listed_groups == 2 and unknown.described == 0  # a page per type
 
@@ -206,6 +213,6 @@ def test_things_unknown_to_the_inventory_are_found_with_bounded_listings(provisi
             attributePayload={"attributes": {"serialNumber": f"GW06100000{n}"}},
         )
     gateways = [d for d in batch if d[1] == "GW-200"]
-    bounded = things_unknown_to_inventory(p.iot, inventory, gateways, catalog)
+    bounded = things_unknown_to_inventory(p.iot, inventory, identities(gateways), catalog)
     assert sorted(bounded.found) == sorted(name for name, _, _ in gateways)
     assert (bounded.calls, bounded.described, bounded.listed_groups) == (1 + len(gateways), len(gateways), 0)
