@@ -7,6 +7,7 @@ STATE_DIR ?= $(CURDIR)/.local
 MANIFEST ?=
 DRY_RUN ?=
 DEVICES ?= 10000
+SLOTS ?=
 DAG ?=
 CONF ?=
 CDF_API_PORT ?= 8020
@@ -34,7 +35,7 @@ test: venv
 	$(PY) -m pytest
 
 bench: venv
-	$(PY) -m scripts.bench --devices $(DEVICES)
+	$(PY) -m scripts.bench --devices $(DEVICES) $(if $(SLOTS),--slots $(SLOTS))
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -21,7 +21,7 @@ from include.records import Batch, Checks, Chunk, ChunkResult, RegistrationUnit
 from include.registration import STARTING
 from include.settings import Settings
 from include.stage_support import open_inventory, outcome_tuple, own_settings, timed
-from include.storage import get_bytes, get_table, put_bytes, put_table, read_text_setting, upload_stream
+from include.storage import get_in_order, get_table, put_bytes, put_table, read_text_setting, upload_stream
 
 
 def issue_credentials(
@@ -171,11 +171,8 @@ def write_parameter_files(
             if not lines:
                 continue
             _refuse_if_registering(inventory, batch, unit.unit, f"the parameter file of unit {unit.unit}")
-            parts = (
-                get_bytes(s3, settings.bucket, batch.files.chunk_params(index))
-                for index in unit.chunks
-                if issued[index].issued
-            )
+            keys = [batch.files.chunk_params(i) for i in unit.chunks if issued[i].issued]
+            parts = get_in_order(s3, settings.bucket, keys)
             size = upload_stream(s3, settings.bucket, unit.params_key, parts)
             expected = sum(issued[index].params_bytes for index in unit.chunks)
             if size != expected:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
@@ -48,6 +50,22 @@ def get_bytes(s3: Any, bucket: str, key: str) -> bytes:
         return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except Exception as exc:
         raise SourceError(f"cannot read s3://{bucket}/{key}: {_error_code(exc)}") from None
+
+
+def get_in_order(s3: Any, bucket: str, keys: Iterable[str], *, ahead: int = 4) -> Iterator[bytes]:
+    """The objects' bytes in the order of `keys`, up to `ahead` GETs in flight at once.
+
+    One GET at a time waits a round trip per object; S3 answers several at once. At most `ahead` objects
+    are held (memory stays bounded by a few objects, not by all of them). The client is thread-safe.
+    """
+    with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="s3-get") as pool:
+        pending: deque[Future[bytes]] = deque()
+        for key in keys:
+            pending.append(pool.submit(get_bytes, s3, bucket, key))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def object_exists(s3: Any, bucket: str, key: str) -> bool:

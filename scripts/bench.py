@@ -3,7 +3,7 @@
 Generates one manifest of N devices (TH-100 with pipeline-made keys, plus the default share of GW-200 with
 device CSRs), starts the emulator in a process of its own on a free loopback port, bootstraps the account into
 a temporary state dir, then calls the stages of include/pipeline.py directly and in order: intake, validate,
-preflight, credentials per chunk (chunks one after another, each on settings.workers processes),
+preflight, credentials per chunk (one after another on settings.workers processes, or --slots at a time),
 parameter files, one bulk registration task per unit (include.registration, as the register operator),
 reconcile, summary. Airflow is not used: scheduling costs per task, not per device. The floor (ECDSA P-256
 key generation + one raw signature over a TBS of the real size + PEM of key and certificate) is timed on
@@ -11,7 +11,12 @@ one core in the same process, and every stage is compared with it times the core
 pipeline side (every stage but the emulator's registration) is set beside the credentials floor time on
 all cores, and the peak memory of all processes is sampled.
 
-    python -m scripts.bench [--devices N] [--workers W] [--chunk-size C] [--keep] [--profile STAGE ...]
+    python -m scripts.bench [--devices N] [--workers W] [--slots S] [--chunk-size C] [--keep]
+                            [--profile STAGE ...]
+
+--slots 2 runs two credentials tasks at a time, each in a process of its own issuing its chunk on
+cores/2 processes (inline on 2 cores), as `make cluster`'s two Celery workers of concurrency 1 do; the
+default runs them one after another on all cores, as `make run` does.
 
 --profile prints cProfile's top functions of this process (not the credential workers) for each stage
 whose name starts with STAGE, to stderr.
@@ -27,6 +32,7 @@ import cProfile
 import csv
 import datetime as dt
 import json
+import multiprocessing
 import os
 import platform
 import pstats
@@ -37,6 +43,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,8 +54,9 @@ import psutil
 from include import pipeline, registration
 from include.credentials import MIN_DEVICES_PER_WORKER
 from include.inventory import Inventory
+from include.inventory_schema import dispose_engines
 from include.settings import Settings
-from scripts.bench_floor import Floor, device_csr_floor, own_key_floor
+from scripts.bench_floor import Floor, busy_floor, device_csr_floor, own_key_floor
 from scripts.bootstrap import bootstrap
 from scripts.generate_manifest import HEADER, rows
 from scripts.run_local import emulator
@@ -94,7 +102,7 @@ class Stopwatch:
         stage = Stage(name, devices, 0.0, cores)
         self.stages.append(stage)
         profiled = any(name.startswith(prefix) for prefix in self.profile)
-        return _Timing(stage, cProfile.Profile() if profiled else None)
+        return _Timing(stage, cProfile.Profile(time.process_time) if profiled else None)
 
 
 class _Timing:
@@ -256,6 +264,44 @@ def aws_environment(endpoint_url: str, state_dir: Path) -> None:
     )
 
 
+_slot: dict[str, Any] = {}  # a credentials slot process's own S3 client and run
+
+
+def _start_slot(settings: Settings, batch: Any, ca_pem: str, ca_key_pem: str) -> None:
+    _slot.update(
+        s3=boto3.session.Session(region_name=REGION).client("s3"),
+        settings=settings,
+        batch=batch,
+        ca=(ca_pem, ca_key_pem),
+    )
+
+
+def _issue_in_slot(chunk: Any) -> Any:
+    return pipeline.issue_credentials(_slot["s3"], _slot["settings"], _slot["batch"], chunk, *_slot["ca"])
+
+
+def issue_all(
+    s3: Any, settings: Settings, batch: Any, chunks: list[Any], ca_pem: str, ca_key_pem: str, slots: int
+) -> list[Any]:
+    """Every chunk's credentials task: one after another in this process (as `make run`), or `slots` at a
+    time in processes of their own (as `make cluster`: Celery workers of concurrency 1, a chunk each)."""
+    if slots == 1:
+        results = []
+        for chunk in chunks:
+            results.append(pipeline.issue_credentials(s3, settings, batch, chunk, ca_pem, ca_key_pem))
+            note(f"credentials: chunk {chunk.index + 1}/{len(chunks)}")
+        return results
+    dispose_engines()  # no pooled inventory connection crosses the fork
+    context = multiprocessing.get_context("fork")
+    initargs = (settings, batch, ca_pem, ca_key_pem)
+    with ProcessPoolExecutor(slots, mp_context=context, initializer=_start_slot, initargs=initargs) as pool:
+        results = []
+        for result in pool.map(_issue_in_slot, chunks):
+            results.append(result)
+            note(f"credentials: chunk {len(results)}/{len(chunks)} ({slots} at a time)")
+    return results
+
+
 def run_pipeline(
     watch: Stopwatch,
     iot: Any,
@@ -265,6 +311,7 @@ def run_pipeline(
     row_count: int,
     ca_pem: str,
     ca_key_pem: str,
+    slots: int = 1,
 ) -> dict[str, Any]:
     """Every stage in order, as the DAG runs them (registration through include.registration); the summary."""
     inventory = Inventory(settings.inventory_url)
@@ -275,13 +322,10 @@ def run_pipeline(
         validated = pipeline.validate(s3, settings, batch)
     with watch("preflight", validated.accepted):
         checks = pipeline.preflight(s3, iot, settings, batch, ca_certificate_pem=ca_pem)
-    results = []
-    with watch("credentials", checks.to_provision, cores=settings.workers) as stage:
-        for chunk in checks.chunks:
-            results.append(pipeline.issue_credentials(s3, settings, batch, chunk, ca_pem, ca_key_pem))
-            note(f"credentials: chunk {chunk.index + 1}/{len(checks.chunks)}")
+    with watch("credentials", checks.to_provision, cores=settings.workers * slots) as stage:
+        results = issue_all(s3, settings, batch, checks.chunks, ca_pem, ca_key_pem, slots)
         if checks.to_provision // max(1, len(checks.chunks)) < MIN_DEVICES_PER_WORKER * settings.workers:
-            stage.cores = 1  # chunks this small run inline (include.credentials)
+            stage.cores = slots  # chunks this small run inline (include.credentials)
     with watch("parameter files", checks.to_provision):
         units = pipeline.write_parameter_files(s3, settings, batch, checks, results)
     for unit in units:
@@ -337,13 +381,18 @@ def figures(stage: Stage, floor: Floor) -> dict[str, Any]:
 
 
 def render(
-    header: list[str], rows_: list[dict[str, Any]], floor: Floor, csr_floor: Floor | None, mix: float | None
+    header: list[str],
+    rows_: list[dict[str, Any]],
+    floor: Floor,
+    csr_floor: Floor | None,
+    mix: float | None,
+    busy: float,
 ) -> str:
     lines = list(header)
     lines.append(
         f"crypto floor, 1 core, {floor.devices:,} devices: keygen {floor.keygen_us:.1f} µs + sign "
         f"{floor.sign_us:.1f} µs + PEM {floor.serialise_us:.1f} µs = {floor.per_device_us:.1f} µs/device "
-        f"= {floor.per_second:,.0f} devices/s"
+        f"= {floor.per_second:,.0f} devices/s; the same with every core busy: {busy:.1f} µs/device"
     )
     if csr_floor is not None and mix is not None:
         lines.append(
@@ -400,6 +449,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--chunk-size", type=int, default=None, help="devices per credentials chunk (default 5000)"
     )
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=1,
+        help="credentials tasks at once, each in a process of its own with cores/slots credential processes "
+        "(2: make cluster's two Celery workers of concurrency 1); default 1, one after another (make run)",
+    )
     parser.add_argument("--gw-share", type=float, default=0.1, help="share of GW-200 devices (device CSRs)")
     parser.add_argument("--bad-rows", type=int, default=0, help="rows broken on purpose (quarantined)")
     parser.add_argument("--seed", type=int, default=42)
@@ -408,8 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", nargs="*", default=(), metavar="STAGE", help="cProfile the stages named so (to stderr)"
     )
     args = parser.parse_args(argv)
-    if args.devices < 1 or (args.workers is not None and args.workers < 1):
-        parser.error("--devices and --workers must be at least 1")
+    if args.devices < 1 or args.slots < 1 or (args.workers is not None and args.workers < 1):
+        parser.error("--devices, --slots and --workers must be at least 1")
     if args.chunk_size is not None and args.chunk_size < 1:
         parser.error("--chunk-size must be at least 1")
 
@@ -421,8 +477,8 @@ def main(argv: list[str] | None = None) -> int:
             "inventory_url": f"sqlite:///{work / 'inventory.db'}",
             "bundle_recipient_public_key": str(local_state / "factory-line" / "recipient.cert.pem"),
         }
-        if args.workers:
-            overrides["workers"] = args.workers
+        if args.workers or args.slots > 1:
+            overrides["workers"] = args.workers or max(1, (os.cpu_count() or 1) // args.slots)
         if args.chunk_size:
             overrides["chunk_size"] = args.chunk_size
         settings = Settings(**overrides)
@@ -449,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
         note(f"crypto floor on {floor_devices:,} devices, one core")
         floor = own_key_floor(ca_pem, ca_key_pem, floor_devices)
         csr_floor = device_csr_floor(ca_pem, ca_key_pem, csrs)
+        cores = os.cpu_count() or 1
+        busy = busy_floor(ca_pem, ca_key_pem, floor_devices, cores)
         csr_share = models.get("GW-200", 0) / max(1, sum(models.values()))
         mix = (
             1e6 / ((1 - csr_share) * floor.per_device_us + csr_share * csr_floor.per_device_us)
@@ -459,7 +517,9 @@ def main(argv: list[str] | None = None) -> int:
         watch = Stopwatch(tuple(args.profile))
         started, cpu_started = time.perf_counter(), cpu_seconds()
         with MemoryPeak() as memory:
-            summary = run_pipeline(watch, iot, s3, settings, manifest, args.devices, ca_pem, ca_key_pem)
+            summary = run_pipeline(
+                watch, iot, s3, settings, manifest, args.devices, ca_pem, ca_key_pem, args.slots
+            )
         total = Stage(
             "end to end",
             args.devices,
@@ -473,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
         header = [
             f"bench: {args.devices:,} devices ("
             + ", ".join(f"{n:,} {m}" for m, n in sorted(models.items()))
-            + f"), chunk {settings.chunk_size:,}, {settings.workers} credential processes",
+            + f"), chunk {settings.chunk_size:,}, {args.slots} credentials task(s) at a time on "
+            f"{settings.workers} credential process(es) each",
             f"machine: {host['nproc']} cores, {host['cpu']}, load {host['load_1m']} at the end, "
             f"Python {host['python']}",
             "measures the domain stages (include/pipeline.py) and the emulator; Airflow is not used "
@@ -482,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{summary['quarantined']:,} quarantined, {summary['skipped']:,} skipped, "
             f"accounted={summary['accounted']}",
         ]
-        print(render(header, rows_, floor, csr_floor, mix), flush=True)
+        print(render(header, rows_, floor, csr_floor, mix, busy), flush=True)
         credentials = next(s for s in watch.stages if s.name == "credentials")
         if credentials.devices:
             workers_us = credentials.worker_cpu_seconds / credentials.devices * 1e6
@@ -512,9 +573,11 @@ def main(argv: list[str] | None = None) -> int:
                     "models": dict(models),
                     "chunk_size": settings.chunk_size,
                     "workers": settings.workers,
+                    "slots": args.slots,
                     "machine": host,
                     "floor": floor.as_dict(),
                     "floor_device_csr": csr_floor.as_dict() if csr_floor else None,
+                    "floor_every_core_busy_us": round(busy, 2),
                     "floor_mix_devices_per_s": round(mix, 1) if mix else None,
                     "stages": rows_,
                     "pipeline_side": pipeline_side,
