@@ -18,8 +18,8 @@ all cores, and the peak memory of all processes is sampled.
 cores/2 processes (inline on 2 cores), as `make cluster`'s two Celery workers of concurrency 1 do; the
 default runs them one after another on all cores, as `make run` does.
 
---profile prints cProfile's top functions of this process (not the credential workers) for each stage
-whose name starts with STAGE, to stderr.
+--profile prints cProfile's top functions by CPU time, of this process (not the credential workers), for
+each stage whose name starts with STAGE, to stderr.
 
 Progress goes to stderr; stdout gets the table, then one JSON line with every figure.
 """
