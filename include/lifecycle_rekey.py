@@ -36,7 +36,7 @@ from include.lifecycle_steps import ACTIVE, DeviceFailure, Outcome, Step, run_st
 from include.lifecycle_store import ActionRecord
 from include.outcomes import ACTION_DONE, ACTION_FAILED, ACTION_PLANNED, ACTION_STARTED
 from include.settings import Settings
-from include.storage import get_bytes, object_exists, put_bytes, read_source, read_text_setting
+from include.storage import NDJSON, get_bytes, object_exists, put_bytes, read_source, read_text_setting
 
 REKEY_MODES = frozenset({"own_ca_key", "device_csr", "without_ca", "aws_issued"})
 # The columns include.credentials.issue_chunk reads (attribute columns are not needed: no parameter file).
@@ -161,7 +161,7 @@ def issue_certificates(
         put_bytes(s3, settings.bucket, files.bundle(index), sealed, key_bundle.CONTENT_TYPE)
     # Last: once this file exists, these are the chunk's certificates for good.
     body = b"".join(record.to_json() for record in issued.values())
-    put_bytes(s3, settings.bucket, files.chunk_issued(index), body, "application/x-ndjson")
+    put_bytes(s3, settings.bucket, files.chunk_issued(index), body, NDJSON)
     return issued, failures
 
 

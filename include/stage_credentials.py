@@ -4,6 +4,7 @@ per registration unit."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -21,7 +22,15 @@ from include.records import Batch, Checks, Chunk, ChunkResult, RegistrationUnit
 from include.registration import STARTING
 from include.settings import Settings
 from include.stage_support import open_inventory, outcome_tuple, own_settings, timed
-from include.storage import get_in_order, get_table, put_bytes, put_table, read_text_setting, upload_stream
+from include.storage import (
+    NDJSON,
+    get_in_order,
+    get_table,
+    put_bytes,
+    put_table,
+    read_text_setting,
+    upload_stream,
+)
 
 
 def issue_credentials(
@@ -61,16 +70,21 @@ def issue_credentials(
         output = complete_chunk(output, spec, iot=iot, acm_pca=acm_pca, pca_arn=settings.acm_pca_arn)
         issuer = _issuer(spec.mode, ca_certificate_pem, settings)
         bundle_key = None
-        if output.sealed:
-            sealed = key_bundle.seal_payload(
-                output.bundle, output.sealed, recipient, batch_id=batch.batch_id, chunk=chunk.index
-            )
-            output.bundle = b""
-            bundle_key = put_bytes(
-                s3, settings.bucket, files.bundle(chunk.index), sealed, key_bundle.CONTENT_TYPE
-            )
         params = output.params.get(chunk.group, b"")
-        put_bytes(s3, settings.bucket, files.chunk_params(chunk.index), params, "application/x-ndjson")
+        # The parameter lines go up while the bundle is sealed and sent; the ledger, which says the chunk
+        # is complete, only after both.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-params") as upload:
+            params_key = files.chunk_params(chunk.index)
+            params_sent = upload.submit(put_bytes, s3, settings.bucket, params_key, params, NDJSON)
+            if output.sealed:
+                sealed = key_bundle.seal_payload(
+                    output.bundle, output.sealed, recipient, batch_id=batch.batch_id, chunk=chunk.index
+                )
+                output.bundle = b""
+                bundle_key = put_bytes(
+                    s3, settings.bucket, files.bundle(chunk.index), sealed, key_bundle.CONTENT_TYPE
+                )
+            params_sent.result()
         ledger = _chunk_ledger(devices, output.ledger, issuer)
         put_table(s3, settings.bucket, files.chunk_ledger(chunk.index), ledger)
         if output.failures:

@@ -7,7 +7,7 @@ import contextlib
 import datetime as dt
 import json
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,12 +27,13 @@ from include.outcomes import (
     RUN_ABANDONED,
     RUN_ABANDONED_STATE,
 )
-from include.plan import cut_work, plan_dead_run
+from include.plan import Work, cut_work, plan_dead_run
 from include.prerequisites import check_prerequisites, pca_ca_certificate
 from include.records import Batch, Checks, RegistrationUnit
+from include.run_files import RunFiles
 from include.settings import Settings
 from include.stage_support import open_inventory, outcome_tuple, own_settings, timed
-from include.storage import get_table, put_bytes, put_table
+from include.storage import get_table, put_bytes, put_tables
 
 # Whether the Airflow run that holds claims is still running: True, False, or None when it cannot be told
 # (a run of another deployment, or one that Airflow never knew): unknown runs are treated as live.
@@ -121,9 +122,7 @@ def preflight(
             unit_lines=settings.registration_task_lines,
         )
         if not batch.dry_run:
-            for chunk in work.chunks:
-                indexes = pa.array([position[row] for row in work.rows_of_chunk[chunk.index]], pa.int64())
-                put_table(s3, settings.bucket, files.chunk_devices(chunk.index), accepted.take(indexes))
+            put_tables(s3, settings.bucket, _chunk_tables(accepted, work, position, files))
         to_provision = sum(chunk.devices for chunk in work.chunks)
         report.update(
             skipped=len(skipped),
@@ -146,6 +145,15 @@ def preflight(
         dry_run=batch.dry_run,
         problems=[],
     )
+
+
+def _chunk_tables(
+    accepted: pa.Table, work: Work, position: dict[int, int], files: RunFiles
+) -> Iterator[tuple[str, pa.Table]]:
+    """Each chunk's devices file: its rows of the accepted table, made one at a time as uploads take them."""
+    for chunk in work.chunks:
+        indexes = pa.array([position[row] for row in work.rows_of_chunk[chunk.index]], pa.int64())
+        yield files.chunk_devices(chunk.index), accepted.take(indexes)
 
 
 def _refuse_unknown_things(

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from include.aws_errors import error_code, is_not_found
 from include.errors import SourceError
 
+NDJSON = "application/x-ndjson"  # content type of JSON-lines objects (parameter lines, issued records)
 S3_URI = re.compile(r"^s3://(?P<bucket>[^/]+)/(?P<key>.+)$")
 
 
@@ -103,6 +104,22 @@ def put_table(s3: Any, bucket: str, key: str, table: pa.Table) -> str:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     return put_bytes(s3, bucket, key, sink.getvalue().to_pybytes(), "application/vnd.apache.parquet")
+
+
+def put_tables(s3: Any, bucket: str, tables: Iterable[tuple[str, pa.Table]], *, ahead: int = 4) -> None:
+    """Each (key, table) as put_table does, up to `ahead` encoding and uploading at once.
+
+    `tables` is pulled only as uploads finish, so a generator that makes each table holds a few at a time.
+    The first failure is raised once the uploads in flight have ended.
+    """
+    with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="s3-put") as pool:
+        pending: deque[Future[str]] = deque()
+        for key, table in tables:
+            pending.append(pool.submit(put_table, s3, bucket, key, table))
+            if len(pending) >= ahead:
+                pending.popleft().result()
+        while pending:
+            pending.popleft().result()
 
 
 def get_table(s3: Any, bucket: str, key: str, columns: list[str] | None = None) -> pa.Table:
