@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import itertools
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -298,16 +299,13 @@ def stage(connection: Connection, table: sa.Table, rows: Iterable[Sequence[Any]]
     if connection.dialect.name == "postgresql":
         return _copy(connection, table, rows)
     statement = str(table.insert().compile(dialect=connection.dialect))
-    count, batch = 0, []
-    for row in rows:
-        batch.append(tuple(row))
-        if len(batch) == LOAD_BATCH:
-            connection.exec_driver_sql(statement, batch)
-            count += len(batch)
-            batch = []
-    if batch:
-        connection.exec_driver_sql(statement, batch)
+    # The driver binds each row as it is (a tuple or list): no per-row Python here, batches by islice.
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    count, rows = 0, iter(rows)
+    while batch := list(itertools.islice(rows, LOAD_BATCH)):
+        cursor.executemany(statement, batch)
         count += len(batch)
+    cursor.close()
     return count
 
 

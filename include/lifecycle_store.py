@@ -52,6 +52,8 @@ DEVICE_SCHEMA = pa.schema(
     [(name, pa.int64() if name == "manifest_row" else pa.string()) for name in DEVICE_COLUMNS]
 )
 _NAMES = staging_table("stage_lifecycle_names", [("name", sa.String(128))])
+# known_names reads an index range instead of staging when it spans at most this many inventory rows per name.
+RANGE_SCAN_SHARE = 4
 
 
 def utcnow() -> dt.datetime:
@@ -141,9 +143,26 @@ class LifecycleStore:
             return _table(connection.execute(query).tuples().all())
 
     def known_names(self, thing_names: Iterable[str]) -> set[str]:
-        """Which of these thing names the inventory has a record of (in any state)."""
+        """Which of these thing names the inventory has a record of (in any state).
+
+        A batch's names are mostly one contiguous run of the primary key (a model's prefix, a serial
+        range): on SQLite, whose text order is Python's, the inventory's names between the batch's least
+        and greatest are read in one index range scan and intersected here, when that range holds at most
+        a few times the batch's names. Otherwise (and on PostgreSQL, whose collation may order text
+        differently) the names are staged and joined.
+        """
+        names = list(dict.fromkeys(thing_names))
+        if not names:
+            return set()
         with self.engine.begin() as connection:
-            stage(connection, _NAMES, ((name,) for name in dict.fromkeys(thing_names)))
+            if connection.dialect.name == "sqlite":
+                in_range = devices.c.thing_name.between(min(names), max(names))
+                spanned = connection.execute(sa.select(sa.func.count()).where(in_range)).scalar_one()
+                if spanned <= RANGE_SCAN_SHARE * len(names):
+                    wanted = set(names)
+                    found = connection.execute(sa.select(devices.c.thing_name).where(in_range)).scalars()
+                    return {name for name in found if name in wanted}
+            stage(connection, _NAMES, ((name,) for name in names))
             found = connection.execute(
                 sa.select(devices.c.thing_name).where(devices.c.thing_name.in_(sa.select(_NAMES.c.name)))
             )

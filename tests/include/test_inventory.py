@@ -171,3 +171,22 @@ def test_an_inventory_of_an_earlier_schema_is_refused_with_what_to_do(tmp_path):
     dispose_engines()
     with pytest.raises(InventoryError, match="earlier schema"):
         Inventory(url)
+
+
+def test_known_names_are_exactly_the_recorded_ones_however_the_batch_spans_the_inventory(inventory_url):
+    from include.lifecycle_store import LifecycleStore
+
+    inventory = Inventory(inventory_url)
+    inventory.claim("r1", BATCH, _requests(50))  # TH-100-1 .. TH-100-50
+    inventory.claim("r2", BATCH, [("TH-100-é", 900, "TH-100", "e9"), ("TH-100-Z", 901, "TH-100", "Z")])
+    store = LifecycleStore(inventory)
+    # A batch that is one contiguous run of names (read as an index range on SQLite).
+    asked = [f"TH-100-{n}" for n in range(1, 61)] + ["TH-100-é", "TH-100-ë", "TH-100-Z"]
+    expected = {f"TH-100-{n}" for n in range(1, 51)} | {"TH-100-é", "TH-100-Z"}
+    assert store.known_names(asked) == expected
+    assert store.known_names(reversed(asked)) == expected  # order and duplicates do not matter
+    assert store.known_names(asked + asked) == expected
+    # Three names whose range holds hundreds of other devices: staged and joined instead.
+    inventory.claim("r3", BATCH, _requests(500, first=2000))
+    assert store.known_names(["TH-100-1", "TH-100-9", "TH-100-x"]) == {"TH-100-1", "TH-100-9"}
+    assert store.known_names([]) == set()
