@@ -92,10 +92,16 @@ def serve(state_dir: Path, host: str, port: int, endpoint: str) -> None:
     say(f"development token: {token.token}")
     say("Ctrl-C stops it (and the emulator)")
     app = create_app(backend, token)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     try:
-        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()
+        server.run()
     finally:
         runner.shutdown()
+    if server.should_exit:
+        # Stopped by Ctrl-C (or SIGTERM). uvicorn raises the signal again after its shutdown, but asyncio's
+        # runner turns that into KeyboardInterrupt only when the server had not quite finished: say so
+        # every time, so the exit status is always the interrupted one (130).
+        raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
