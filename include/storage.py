@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import tempfile
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
@@ -53,20 +53,27 @@ def get_bytes(s3: Any, bucket: str, key: str) -> bytes:
         raise SourceError(f"cannot read s3://{bucket}/{key}: {_error_code(exc)}") from None
 
 
-def get_in_order(s3: Any, bucket: str, keys: Iterable[str], *, ahead: int = 4) -> Iterator[bytes]:
-    """The objects' bytes in the order of `keys`, up to `ahead` GETs in flight at once.
-
-    One GET at a time waits a round trip per object; S3 answers several at once. At most `ahead` objects
-    are held (memory stays bounded by a few objects, not by all of them). The client is thread-safe.
-    """
-    with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="s3-get") as pool:
-        pending: deque[Future[bytes]] = deque()
-        for key in keys:
-            pending.append(pool.submit(get_bytes, s3, bucket, key))
+def _in_order(
+    work: Callable[..., Any], items: Iterable[tuple[Any, ...]], ahead: int, name: str
+) -> Iterator[Any]:
+    """work(*item) for each item on `ahead` threads, results in item order, at most `ahead` in flight
+    (items are pulled only as results are taken, so memory stays bounded by a few)."""
+    with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix=name) as pool:
+        pending: deque[Future[Any]] = deque()
+        for item in items:
+            pending.append(pool.submit(work, *item))
             if len(pending) >= ahead:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def get_in_order(s3: Any, bucket: str, keys: Iterable[str], *, ahead: int = 4) -> Iterator[bytes]:
+    """The objects' bytes in the order of `keys`, up to `ahead` GETs in flight at once.
+
+    One GET at a time waits a round trip per object; S3 answers several at once. The client is thread-safe.
+    """
+    return _in_order(get_bytes, ((s3, bucket, key) for key in keys), ahead, "s3-get")
 
 
 def object_exists(s3: Any, bucket: str, key: str) -> bool:
@@ -107,19 +114,10 @@ def put_table(s3: Any, bucket: str, key: str, table: pa.Table) -> str:
 
 
 def put_tables(s3: Any, bucket: str, tables: Iterable[tuple[str, pa.Table]], *, ahead: int = 4) -> None:
-    """Each (key, table) as put_table does, up to `ahead` encoding and uploading at once.
-
-    `tables` is pulled only as uploads finish, so a generator that makes each table holds a few at a time.
-    The first failure is raised once the uploads in flight have ended.
-    """
-    with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="s3-put") as pool:
-        pending: deque[Future[str]] = deque()
-        for key, table in tables:
-            pending.append(pool.submit(put_table, s3, bucket, key, table))
-            if len(pending) >= ahead:
-                pending.popleft().result()
-        while pending:
-            pending.popleft().result()
+    """Each (key, table) as put_table does, up to `ahead` encoding and uploading at once; `tables` is
+    pulled only as uploads finish, so a generator that makes each table holds a few at a time."""
+    for _ in _in_order(put_table, ((s3, bucket, key, table) for key, table in tables), ahead, "s3-put"):
+        pass
 
 
 def get_table(s3: Any, bucket: str, key: str, columns: list[str] | None = None) -> pa.Table:
