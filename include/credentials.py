@@ -91,16 +91,19 @@ class ChunkOutput:
 
     params: group -> its parameter-file lines in input order; ledger: one row per issued device in input
     order (row, group, bytes = length of its parameter line, certificate_id); bundle: the key bundle's
-    entries (include.key_bundle.device_entry; private keys: only ever for key_bundle.seal_payload),
-    `sealed` of them;
+    entries (include.key_bundle.Entries; private keys: only ever for key_bundle.seal_payload);
     failures: (row, reason code, sentence) per device that got no credentials.
     """
 
     params: dict[str, bytes]
     ledger: pa.Table
-    bundle: bytes
-    sealed: int
+    bundle: key_bundle.Entries
     failures: list[Failure]
+
+    @property
+    def sealed(self) -> int:
+        """Devices in the key bundle."""
+        return self.bundle.count
 
     @property
     def counts(self) -> dict[str, int]:
@@ -206,7 +209,7 @@ def issue_devices(
     groups: list[str] = []
     sizes: list[int] = []
     ids: list[str] = []
-    bundle: list[bytes] = []
+    bundle: list[tuple[bytes, bytes]] = []
     failures: list[Failure] = []
     numbers, serials, things, csrs = (
         _column(devices, c) for c in ("row", "serial_number", "thing_name", "csr")
@@ -240,8 +243,7 @@ def issue_devices(
     return ChunkOutput(
         params={group: b"".join(group_lines) for group, group_lines in sorted(params.items())},
         ledger=pa.table([rows, groups, sizes, ids], schema=LEDGER_SCHEMA),
-        bundle=b"".join(bundle),
-        sealed=len(bundle),
+        bundle=key_bundle.Entries.of(bundle),
         failures=failures,
     )
 
@@ -254,7 +256,7 @@ def _bundle_line(
     certificate_id: str,
     certificate_pem: str | None,
     key_pem: bytes,
-) -> bytes:
+) -> tuple[bytes, bytes]:
     """One device's entry of the key bundle (include.key_bundle's archive); never logged or returned alone."""
     return key_bundle.device_entry(
         thing_name, serial_number, model, row, certificate_id, certificate_pem, key_pem
@@ -272,7 +274,7 @@ def _from_ipc(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(data).read_all()
 
 
-SliceBytes = tuple[dict[str, bytes], bytes, bytes, int, bytes]
+SliceBytes = tuple[dict[str, bytes], bytes, bytes, bytes, int, bytes]
 
 
 def _issue_slice(
@@ -280,12 +282,15 @@ def _issue_slice(
 ) -> SliceBytes:
     """A worker's job: a slice in as Arrow IPC bytes, its output back as bytes (no per-device objects)."""
     output = issue_devices(_from_ipc(devices), products, ca_certificate_pem, ca_private_key_pem)
-    return output.params, _to_ipc(output.ledger), output.bundle, output.sealed, orjson.dumps(output.failures)
+    bundle = output.bundle
+    ledger, failures = _to_ipc(output.ledger), orjson.dumps(output.failures)
+    return output.params, ledger, bundle.index, bundle.members, bundle.count, failures
 
 
 def _from_slice(result: SliceBytes) -> ChunkOutput:
-    params, ledger, bundle, sealed, failures = result
-    return ChunkOutput(params, _from_ipc(ledger), bundle, sealed, [tuple(f) for f in orjson.loads(failures)])
+    params, ledger, index, members, count, failures = result
+    bundle = key_bundle.Entries(index, members, count)
+    return ChunkOutput(params, _from_ipc(ledger), bundle, [tuple(f) for f in orjson.loads(failures)])
 
 
 def merge(outputs: Sequence[ChunkOutput]) -> ChunkOutput:
@@ -294,8 +299,7 @@ def merge(outputs: Sequence[ChunkOutput]) -> ChunkOutput:
     return ChunkOutput(
         params={g: b"".join(o.params[g] for o in outputs if g in o.params) for g in groups},
         ledger=pa.concat_tables([o.ledger for o in outputs]) if outputs else LEDGER_SCHEMA.empty_table(),
-        bundle=b"".join(o.bundle for o in outputs),
-        sealed=sum(o.sealed for o in outputs),
+        bundle=key_bundle.Entries.join([o.bundle for o in outputs]),
         failures=[f for o in outputs for f in o.failures],
     )
 

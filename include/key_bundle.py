@@ -7,7 +7,7 @@ is a POSIX tar of the chunk's key files (include/key_bundle_archive.py has the l
 
 The tar is encrypted once per chunk with a random AES-256-CBC key, wrapped for each recipient certificate
 (RSA key transport; include/key_bundle_cms.py). Per device there is only archive framing, done in the
-credentials workers (`device_entry`); the parent seals (`seal_payload`).
+credentials workers (`device_entry`, joined per slice as `Entries`); the parent seals (`seal_payload`).
 
 `python -m include.key_bundle` opens bundles without openssl too (and the former FKB1 files,
 include/key_bundle_fkb1.py): `info`, `open`, `convert` (FKB1 to CMS) and `keygen` (a development pair).
@@ -34,12 +34,13 @@ from include import key_bundle_archive as archive
 from include import key_bundle_cms as cms
 from include import key_bundle_fkb1 as fkb1
 from include.errors import KeyBundleError
-from include.key_bundle_archive import certificates_archive, device_entry
+from include.key_bundle_archive import Entries, certificates_archive, device_entry
 from include.key_bundle_cms import load_recipient
 
 __all__ = [
     "BUNDLE_SUFFIX",
     "CONTENT_TYPE",
+    "Entries",
     "bundle_info",
     "certificates_archive",
     "convert",
@@ -60,45 +61,36 @@ RECIPIENT_RSA_BITS = 3072
 RECIPIENT_VALIDITY = dt.timedelta(days=3650)
 
 
-def seal_payload(
-    entries: bytes,
-    count: int,
-    recipient_pem: str | bytes,
-    *,
-    batch_id: str,
-    chunk: int,
-) -> bytes:
-    """The bundle (CMS DER) of `count` concatenated `device_entry` results, encrypted once."""
+def seal_payload(entries: Entries, recipient_pem: str | bytes, *, batch_id: str, chunk: int) -> bytes:
+    """The bundle (CMS DER) of the device entries, encrypted once."""
     recipients = load_recipient(recipient_pem)
     created_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    plaintext = archive.archive(
-        entries, count, {"batch_id": batch_id, "chunk": chunk, "created_at": created_at}
-    )
+    plaintext = archive.archive(entries, {"batch_id": batch_id, "chunk": chunk, "created_at": created_at})
     return cms.envelope(plaintext, recipients)
 
 
-def _entries(records: Iterable[dict[str, Any]]) -> tuple[bytes, int]:
-    parts = [
-        device_entry(
-            r["thing_name"],
-            r.get("serial_number"),
-            r.get("model") or "",
-            r.get("row") or 0,
-            r.get("certificate_id"),
-            r.get("certificate_pem"),
-            r["private_key_pem"].encode("ascii"),
-        )
-        for r in records
-    ]
-    return b"".join(parts), len(parts)
+def _entries(records: Iterable[dict[str, Any]]) -> Entries:
+    return Entries.of(
+        [
+            device_entry(
+                r["thing_name"],
+                r.get("serial_number"),
+                r.get("model") or "",
+                r.get("row") or 0,
+                r.get("certificate_id"),
+                r.get("certificate_pem"),
+                r["private_key_pem"].encode("ascii"),
+            )
+            for r in records
+        ]
+    )
 
 
 def seal(
     records: Iterable[dict[str, Any]], recipient_pem: str | bytes, *, batch_id: str, chunk: int
 ) -> bytes:
     """A bundle from device records (the fields `open_bundle` yields); for tools and tests."""
-    entries, count = _entries(records)
-    return seal_payload(entries, count, recipient_pem, batch_id=batch_id, chunk=chunk)
+    return seal_payload(_entries(records), recipient_pem, batch_id=batch_id, chunk=chunk)
 
 
 def bundle_info(bundle: bytes) -> dict[str, Any]:
@@ -118,9 +110,9 @@ def _files(
     """The archive's files of a CMS bundle, or of an FKB1 bundle laid out the same way."""
     if fkb1.is_fkb1(bundle):
         header = fkb1.read_header(bundle)
-        entries, count = _entries(fkb1.open_records(bundle, _bytes(private_key_pem)))
+        entries = _entries(fkb1.open_records(bundle, _bytes(private_key_pem)))
         meta = {key: header.get(key) for key in ("batch_id", "chunk", "created_at")}
-        return archive.read_archive(archive.archive(entries, count, {**meta, "converted_from": "FKB1"}))
+        return archive.read_archive(archive.archive(entries, {**meta, "converted_from": "FKB1"}))
     if not cms.is_envelope(bundle):
         raise KeyBundleError("not a key bundle (neither CMS EnvelopedData nor FKB1)")
     if certificate_pem is None:

@@ -14,9 +14,9 @@ Layout (flat, so `tar -x` and `python -m include.key_bundle open` write the same
 start with "-" (else a safe name plus a digest), so a certificates archive written later
 (`certificates_archive`) pairs with the keys by file name alone.
 
-The worker processes build each device's tar members (`device_entry`); the parent only walks the frames,
-writes bundle.json and index.csv in front and joins (`archive`). A frame is internal, never stored:
-    struct ">II" (length of the index line, length of the tar members) | index line | tar members
+The worker processes build each device's index line and tar members (`device_entry`) and hand them over
+joined per slice (`Entries`: the index lines in one bytes object, the members in another), so the parent
+writes bundle.json and index.csv in front and joins (`archive`), with no per-device work.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import re
 import struct
 import tarfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from include.csv_safety import FORMULA_TRIGGERS, NEUTRALISER, neutralise, write_csv
@@ -54,7 +55,6 @@ FORMAT, VERSION = "factory-key-bundle", 2
 
 BLOCK = 512
 END_OF_ARCHIVE = bytes(2 * BLOCK)
-FRAME = struct.Struct(">II")
 KEY_MODE, FILE_MODE = b"0000600\x00", b"0000644\x00"
 # Portable file name characters, and no leading "-" (an option to shell tools, a formula to spreadsheets).
 _PORTABLE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
@@ -144,8 +144,8 @@ def device_entry(
     certificate_id: str | None,
     certificate_pem: str | None,
     key_pem: bytes,
-) -> bytes:
-    """One device's framed archive members and index line (built in the worker; private key inside)."""
+) -> tuple[bytes, bytes]:
+    """One device's index line and archive members (built in the worker; private key inside)."""
     stem = file_stem(thing_name)
     mtime = _mtime(int(time.time()))
     key_file, certificate_file = stem + KEY_SUFFIX, ""
@@ -154,47 +154,48 @@ def device_entry(
     if certificate_pem:
         certificate_file = stem + CERTIFICATE_SUFFIX
         _member(parts, certificate_file, certificate_pem.encode("ascii"), FILE_MODE, mtime)
-    members = b"".join(parts)
     line = _csv_line(
         thing_name, serial_number, model, f"{row},{certificate_id or ''},{key_file},{certificate_file}"
     )
-    return b"".join((FRAME.pack(len(line), len(members)), line, members))
+    return line, b"".join(parts)
 
 
-def _frames(entries: bytes) -> tuple[list[memoryview], list[memoryview]]:
-    """The index lines and the tar members of concatenated `device_entry` results (views, no copies)."""
-    view = memoryview(entries)
-    lines: list[memoryview] = []
-    members: list[memoryview] = []
-    offset, end, unpack = 0, len(view), FRAME.unpack_from
-    try:
-        while offset < end:
-            line_length, members_length = unpack(view, offset)
-            offset += FRAME.size
-            lines.append(view[offset : offset + line_length])
-            offset += line_length
-            members.append(view[offset : offset + members_length])
-            offset += members_length
-    except struct.error:
-        raise KeyBundleError("the bundle entries are cut short (not device_entry output)") from None
-    if offset != end:
-        raise KeyBundleError("the bundle entries are cut short (not device_entry output)")
-    return lines, members
+@dataclass(frozen=True)
+class Entries:
+    """Device entries of a bundle in device order: their index lines joined, their tar members joined.
+
+    Private keys inside: only ever for `archive` (and include.key_bundle.seal_payload); never shown.
+    """
+
+    index: bytes = b""
+    members: bytes = b""
+    count: int = 0
+
+    @classmethod
+    def of(cls, entries: Sequence[tuple[bytes, bytes]]) -> Entries:
+        """From `device_entry` results."""
+        return cls(b"".join(e[0] for e in entries), b"".join(e[1] for e in entries), len(entries))
+
+    @classmethod
+    def join(cls, parts: Sequence[Entries]) -> Entries:
+        return cls(
+            b"".join(p.index for p in parts), b"".join(p.members for p in parts), sum(p.count for p in parts)
+        )
+
+    def __repr__(self) -> str:  # never show the plaintext
+        return f"Entries(count={self.count})"
 
 
-def archive(entries: bytes, count: int, meta: dict[str, Any]) -> bytes:
-    """The tar of `count` concatenated device entries, with bundle.json and index.csv in front."""
-    lines, members = _frames(entries)
-    if len(lines) != count:
-        raise KeyBundleError(f"the bundle was given {len(lines)} device entries but told {count}")
+def archive(entries: Entries, meta: dict[str, Any]) -> bytes:
+    """The tar of the device entries, with bundle.json and index.csv in front."""
     mtime = int(time.time())
-    document = {"format": FORMAT, "version": VERSION, **meta, "count": count}
-    index = b"".join([write_csv(INDEX_COLUMNS, []), *lines])
+    document = {"format": FORMAT, "version": VERSION, **meta, "count": entries.count}
+    index = write_csv(INDEX_COLUMNS, []) + entries.index
     return b"".join(
         [
             member(META_FILE, json.dumps(document, indent=2).encode() + b"\n", FILE_MODE, mtime),
             member(INDEX_FILE, index, FILE_MODE, mtime),
-            *members,
+            entries.members,
             END_OF_ARCHIVE,
         ]
     )

@@ -156,7 +156,7 @@ def issue_certificates(
     if output.sealed:
         recipient = read_text_setting(s3, settings.bundle_recipient_public_key, "bundle recipient public key")
         sealed = key_bundle.seal_payload(
-            output.bundle, output.sealed, recipient, batch_id=f"rekey {files.run_id}", chunk=index
+            output.bundle, recipient, batch_id=f"rekey {files.run_id}", chunk=index
         )
         put_bytes(s3, settings.bucket, files.bundle(index), sealed, key_bundle.CONTENT_TYPE)
     # Last: once this file exists, these are the chunk's certificates for good.

@@ -78,9 +78,9 @@ def issue_credentials(
             params_sent = upload.submit(put_bytes, s3, settings.bucket, params_key, params, NDJSON)
             if output.sealed:
                 sealed = key_bundle.seal_payload(
-                    output.bundle, output.sealed, recipient, batch_id=batch.batch_id, chunk=chunk.index
+                    output.bundle, recipient, batch_id=batch.batch_id, chunk=chunk.index
                 )
-                output.bundle = b""
+                output.bundle = key_bundle.Entries()
                 bundle_key = put_bytes(
                     s3, settings.bucket, files.bundle(chunk.index), sealed, key_bundle.CONTENT_TYPE
                 )

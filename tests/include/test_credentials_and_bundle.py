@@ -70,7 +70,7 @@ def _lines(blob: bytes) -> list[dict]:
 
 def _bundle(output: credentials.ChunkOutput) -> list[dict]:
     """The devices of a chunk's bundle entries as the factory line reads them (the archive, unencrypted)."""
-    tar = key_bundle_archive.archive(output.bundle, output.sealed, {})
+    tar = key_bundle_archive.archive(output.bundle, {})
     return list(key_bundle_archive.records(key_bundle_archive.read_archive(tar)))
 
 
@@ -182,7 +182,7 @@ def test_unexpected_errors_name_the_row_and_never_their_text(ca, monkeypatch):
         (2, "credential_error", "row 2 (TH-100-B): issuing its credentials failed (RuntimeError)")
     ]
     assert output.ledger.column("row").to_pylist() == [1, 3] and output.sealed == 2
-    assert b"TH-100-B" not in output.bundle  # its key went nowhere
+    assert b"TH-100-B" not in output.bundle.index + output.bundle.members  # its key went nowhere
 
 
 def test_a_bad_ca_fails_the_whole_chunk(ca):
@@ -244,7 +244,7 @@ def test_minimal_and_empty_tables(ca):
     assert (empty.params, empty.ledger.num_rows, empty.bundle, empty.sealed, empty.failures) == (
         {},
         0,
-        b"",
+        key_bundle_archive.Entries(),
         0,
         [],
     )

@@ -24,7 +24,7 @@ from cryptography.x509.oid import NameOID
 
 from include import key_bundle
 from include.errors import KeyBundleError
-from include.key_bundle_archive import archive, device_entry, file_stem, read_archive, records
+from include.key_bundle_archive import Entries, archive, device_entry, file_stem, meta, read_archive, records
 from include.key_bundle_cms import open_envelope
 from scripts.bootstrap import ensure_factory_line_keys
 
@@ -143,15 +143,15 @@ def test_file_stems():
     assert file_stem("..").startswith("__-") and "/" not in file_stem("../../etc/passwd")
 
 
-def test_entries_must_add_up():
-    entries = b"".join(device_entry("T-1", "1", "M", 1, None, None, b"K") for _ in range(2))
-    with pytest.raises(KeyBundleError, match="given 2 device entries but told 3"):
-        archive(entries, 3, {})
-    with pytest.raises(KeyBundleError, match="cut short"):
-        archive(entries[:-1], 2, {})
-    assert archive(b"", 0, {}).endswith(bytes(1024))
-    files = read_archive(archive(entries[: len(entries) // 2], 1, {}))
-    assert [r["thing_name"] for r in records(files)] == ["T-1"]
+def test_entries_join_in_order_and_count():
+    first = Entries.of([device_entry("T-1", "1", "M", 1, None, None, b"K1")])
+    rest = Entries.of([device_entry(f"T-{i}", str(i), "M", i, None, None, b"K") for i in (2, 3)])
+    joined = Entries.join([first, Entries(), rest])
+    assert joined.count == 3 and "K1" not in repr(joined) and repr(joined) == "Entries(count=3)"
+    files = read_archive(archive(joined, {}))
+    assert [r["thing_name"] for r in records(files)] == ["T-1", "T-2", "T-3"]
+    assert files["T-1.key.pem"] == b"K1" and meta(files)["count"] == 3
+    assert archive(Entries(), {}).endswith(bytes(1024))
 
 
 def _tar(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
@@ -175,12 +175,12 @@ def test_unsafe_archive_members_are_refused(name):
 
 
 def test_index_naming_missing_files_or_wrong_count_is_refused():
-    entries = device_entry("T-1", "1", "M", 1, "c", "CERT", b"K")
-    files = read_archive(archive(entries, 1, {}))
+    entries = Entries.of([device_entry("T-1", "1", "M", 1, "c", "CERT", b"K")])
+    files = read_archive(archive(entries, {}))
     del files["T-1.cert.pem"]
     with pytest.raises(KeyBundleError, match="names files it does not hold"):
         list(records(files))
-    files = read_archive(archive(entries, 1, {}))
+    files = read_archive(archive(entries, {}))
     files["bundle.json"] = files["bundle.json"].replace(b'"count": 1', b'"count": 2')
     with pytest.raises(KeyBundleError, match="holds 1 devices"):
         list(records(files))

@@ -65,9 +65,7 @@ def chunk(tmp_path_factory) -> dict:
     )
     output = issue_chunk(devices, PRODUCTS, ca.certificate_pem, ca.private_key_pem())
     assert output.sealed == len(DEVICES) and not output.failures
-    sealed = key_bundle.seal_payload(
-        output.bundle, output.sealed, certificate_path.read_bytes(), batch_id="b", chunk=0
-    )
+    sealed = key_bundle.seal_payload(output.bundle, certificate_path.read_bytes(), batch_id="b", chunk=0)
     bundle = directory / "chunk-00000.tar.p7m"
     bundle.write_bytes(sealed)
     return {"bundle": bundle, "key": key_path, "certificate": certificate_path, "directory": directory}
