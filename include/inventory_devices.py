@@ -71,6 +71,26 @@ _RESULTS = staging_table(
 RESULT_FIELDS = tuple(c.name for c in _RESULTS.columns)
 
 
+def _pending_update_driven_by_stage(real_runs: sa.Select, values: dict[str, Any]) -> sa.Update:
+    """The pending outcomes of the staged rows, for SQLite: each staged row finds its outcome by primary key.
+
+    UPDATE ... FROM would walk every pending row of the batch (a million on a large batch's first unit)
+    to probe the staged ones; with no statistics SQLite also prefers the (run_id, outcome) index, so the
+    outcome test is kept out of index use (`+`).
+    """
+    staged = _RESULTS.c
+    by_row = staged.manifest_row == row_outcomes.c.manifest_row
+    return (
+        sa.update(row_outcomes)
+        .where(
+            row_outcomes.c.run_id.in_(real_runs),
+            row_outcomes.c.manifest_row.in_(sa.select(staged.manifest_row)),
+            sa.text("+row_outcomes.outcome = :pending").bindparams(pending=PENDING),
+        )
+        .values({name: sa.select(column).where(by_row).scalar_subquery() for name, column in values.items()})
+    )
+
+
 class DeviceRecords:
     """The inventory's device and row-outcome operations (a part of include.inventory.Inventory)."""
 
@@ -95,27 +115,30 @@ class DeviceRecords:
         is pending in one live run at most (claims), so this never touches another live run's rows."""
         stage_ = _RESULTS.c
         real_runs = sa.select(runs.c.run_id).where(runs.c.batch_id == batch_id, runs.c.dry_run.is_(False))
+        values = {
+            "outcome": stage_.status,
+            "reason_code": stage_.error_code,
+            "reason": stage_.error_message,
+            "unit": stage_.unit,
+            "param_line": stage_.param_line,
+            "certificate_id": stage_.certificate_id,
+        }
         with self.engine.begin() as connection:
             count = stage(connection, _RESULTS, rows)
             self._upsert_devices(connection, _RESULTS, run_id, batch_id)
-            connection.execute(
-                sa.update(row_outcomes)
-                .where(
-                    row_outcomes.c.batch_id == batch_id,
-                    row_outcomes.c.outcome == PENDING,
-                    row_outcomes.c.run_id.in_(real_runs),
-                    row_outcomes.c.manifest_row == stage_.manifest_row,
+            if connection.dialect.name == "sqlite":
+                statement = _pending_update_driven_by_stage(real_runs, values)
+            else:  # PostgreSQL plans the join from its statistics (a hash join on the staged rows)
+                statement = (
+                    sa.update(row_outcomes)
+                    .where(
+                        row_outcomes.c.outcome == PENDING,
+                        row_outcomes.c.run_id.in_(real_runs),
+                        row_outcomes.c.manifest_row == stage_.manifest_row,
+                    )
+                    .values(**values)
                 )
-                .values(
-                    outcome=stage_.status,
-                    reason_code=stage_.error_code,
-                    reason=stage_.error_message,
-                    unit=stage_.unit,
-                    param_line=stage_.param_line,
-                    certificate_id=stage_.certificate_id,
-                    updated_at=utcnow(),
-                )
-            )
+            connection.execute(statement.values(updated_at=utcnow()))
             _RESULTS.drop(connection)
         return count
 

@@ -135,10 +135,20 @@ def test_device_results_never_demote_a_provisioned_device(inventory_url):
 
 def test_reconciled_results_reach_every_real_run_of_the_batch_with_the_row_pending(inventory_url):
     inventory = Inventory(inventory_url)
-    for run, dry in (("dead", False), ("new", False), ("dry", True)):
-        inventory.record_run(run, BATCH, "m.csv", dry_run=dry)
+    for run, batch, dry in (
+        ("dead", BATCH, False),
+        ("new", BATCH, False),
+        ("dry", BATCH, True),
+        ("x", "b2", False),
+    ):
+        inventory.record_run(run, batch, "m.csv", dry_run=dry)
         inventory.record_outcomes(
-            run, BATCH, [(1, PENDING, None, None, "TH-100", "1", "TH-100-1", None, None, None)]
+            run,
+            batch,
+            [
+                (1, PENDING, None, None, "TH-100", "1", "TH-100-1", None, None, None),
+                (2, PENDING, None, None, "TH-100", "2", "TH-100-2", None, None, None),
+            ],
         )
     result = (
         "TH-100-1",
@@ -156,10 +166,14 @@ def test_reconciled_results_reach_every_real_run_of_the_batch_with_the_row_pendi
     )
     inventory.record_results("new", BATCH, [(*result, "TH-100.1", 1)])
     assert inventory.device("TH-100-1")["status"] == PROVISIONED
-    outcome = {run: next(inventory.outcomes(run)) for run in ("dead", "new", "dry")}
+    outcome = {run: next(inventory.outcomes(run)) for run in ("dead", "new", "dry", "x")}
     assert outcome["dead"]["outcome"] == outcome["new"]["outcome"] == PROVISIONED
     assert outcome["new"]["unit"] == "TH-100.1" and outcome["new"]["thing_name"] == "TH-100-1"
-    assert outcome["dry"]["outcome"] == PENDING
+    assert outcome["dry"]["outcome"] == outcome["x"]["outcome"] == PENDING  # a dry run, another batch
+    assert {o["manifest_row"]: o["outcome"] for o in inventory.outcomes("new")}[2] == PENDING  # not reported
+    settled = (*result[:3], "failed", *result[4:])
+    inventory.record_results("new", BATCH, [(*settled, "TH-100.1", 1)])  # a settled row stays as it is
+    assert next(inventory.outcomes("new"))["outcome"] == PROVISIONED
 
 
 def test_an_inventory_of_an_earlier_schema_is_refused_with_what_to_do(tmp_path):
@@ -190,3 +204,21 @@ def test_known_names_are_exactly_the_recorded_ones_however_the_batch_spans_the_i
     inventory.claim("r3", BATCH, _requests(500, first=2000))
     assert store.known_names(["TH-100-1", "TH-100-9", "TH-100-x"]) == {"TH-100-1", "TH-100-9"}
     assert store.known_names([]) == set()
+
+
+def test_a_units_outcomes_are_found_by_key_not_by_walking_the_batch(tmp_path):
+    """On SQLite each staged row finds its outcome by primary key: a unit's reconcile costs its own rows,
+    not every pending row of a million-row batch."""
+    from include import inventory_devices
+    from include.inventory_schema import runs, stage
+
+    inventory = Inventory(f"sqlite:///{tmp_path / 'inventory.db'}")
+    staged = inventory_devices._RESULTS.c
+    real_runs = sa.select(runs.c.run_id).where(runs.c.batch_id == BATCH)
+    statement = inventory_devices._pending_update_driven_by_stage(real_runs, {"outcome": staged.status})
+    with inventory.engine.begin() as connection:
+        stage(connection, inventory_devices._RESULTS, [])
+        sql = str(statement.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True}))
+        plan = [row[3] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
+    assert plan[0].startswith("SEARCH row_outcomes USING INDEX sqlite_autoindex_row_outcomes_1")
+    assert "(run_id=? AND manifest_row=?)" in plan[0]
