@@ -107,16 +107,19 @@ class ClaimRecords:
             renamed = self._renamed(connection)
             for row, name, other in renamed:
                 holders.setdefault(row, Holder(name, "renamed", "", "", other_name=other))
+            if renamed:  # staged once: the outcomes statement tests each row against them
+                stage(connection, NAMES_STAGE, ((name,) for _, name, _ in renamed))
             if renamed and not dry_run:  # never two things for one device: give back what was just taken
-                names = [name for _, name, _ in renamed]
                 connection.execute(
                     sa.delete(devices).where(
                         devices.c.status == CLAIMED,
                         devices.c.run_id == run_id,
-                        devices.c.thing_name.in_(names),
+                        devices.c.thing_name.in_(sa.select(NAMES_STAGE.c.thing_name)),
                     )
                 )
-            self._record_claim_outcomes(connection, run_id, batch_id, dry_run)
+            self._record_claim_outcomes(connection, run_id, batch_id, dry_run, bool(renamed))
+            if renamed:
+                NAMES_STAGE.drop(connection)
             _CLAIM_REQUEST.drop(connection)
         return holders
 
@@ -187,12 +190,17 @@ class ClaimRecords:
         return [(row, name, other_name) for row, name, other_name in found]
 
     def _record_claim_outcomes(
-        self, connection: Connection, run_id: str, batch_id: str, dry_run: bool
+        self, connection: Connection, run_id: str, batch_id: str, dry_run: bool, renamed: bool
     ) -> None:
-        """pending for the rows this run holds, skipped with a reason for the others (one statement)."""
+        """pending for the rows this run holds, skipped with a reason for the others (one statement).
+
+        `renamed`: the names of _renamed are staged in NAMES_STAGE (their rows are skipped). A small
+        staged list, not the rename join again, which would scan the whole inventory in each CASE.
+        """
         stage_ = _CLAIM_REQUEST.c
         held = _held_by(run_id, dry_run) | devices.c.status.is_(None)
-        held = sa.and_(held, ~stage_.thing_name.in_(self._renamed_names()))
+        if renamed:
+            held = sa.and_(held, ~stage_.thing_name.in_(sa.select(NAMES_STAGE.c.thing_name)))
         provisioned = devices.c.status == DEVICE_PROVISIONED
         thing = sa.literal("thing ") + stage_.thing_name
         holder = sa.func.coalesce(devices.c.run_id, sa.literal("?"))
@@ -240,17 +248,6 @@ class ClaimRecords:
                 index_elements=["run_id", "manifest_row"],
                 set_={c: statement.excluded[c] for c in columns[3:]},
             )
-        )
-
-    def _renamed_names(self) -> Any:
-        stage_ = _CLAIM_REQUEST.c
-        other = devices.alias("renamed")
-        return sa.select(stage_.thing_name).join(
-            other,
-            (other.c.model == stage_.model)
-            & (other.c.serial_number == stage_.serial_number)
-            & (other.c.thing_name != stage_.thing_name)
-            & other.c.status.in_((CLAIMED, DEVICE_PROVISIONED)),
         )
 
     def transfer_claims(self, from_run: str, to_run: str, thing_names: Iterable[str]) -> int:

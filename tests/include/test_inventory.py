@@ -92,10 +92,13 @@ def test_transfer_and_release_move_only_claims_the_run_still_holds(inventory_url
 def test_a_device_known_under_another_name_is_not_claimed_twice(inventory_url):
     inventory = Inventory(inventory_url)
     inventory.claim("r1", BATCH, [("old-name-7", 1, "TH-100", "7")])
-    held = inventory.claim("r2", BATCH, [("TH-100-7", 1, "TH-100", "7")])
-    assert held[1].other_name == "old-name-7"
-    assert inventory.device("TH-100-7") is None
-    assert next(inventory.outcomes("r2"))["reason_code"] == "known_under_other_name"
+    held = inventory.claim("r2", BATCH, [("TH-100-7", 1, "TH-100", "7"), ("TH-100-8", 2, "TH-100", "8")])
+    assert held[1].other_name == "old-name-7" and 2 not in held
+    assert inventory.device("TH-100-7") is None and inventory.device("TH-100-8")["status"] == CLAIMED
+    outcomes = {o["manifest_row"]: o for o in inventory.outcomes("r2")}
+    assert outcomes[1]["reason_code"] == "known_under_other_name" and outcomes[2]["outcome"] == PENDING
+    inventory.claim("r3", BATCH, [("TH-100-7", 1, "TH-100", "7")], dry_run=True)
+    assert next(inventory.outcomes("r3"))["reason_code"] == "known_under_other_name"
 
 
 def test_two_runs_claiming_at_once_split_the_devices(inventory_url):
