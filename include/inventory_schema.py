@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import itertools
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -179,13 +180,17 @@ _ADDED_COLUMNS: dict[int, dict[str, list[str]]] = {
 }
 
 _engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()  # threads of one process (the CDF API and its bulk runner) share an engine
 
 
 def engine_for(url: str) -> Engine:
     """One engine per URL per process; tables created on first use (idempotent on both dialects)."""
     engine = _engines.get(url)
     if engine is None:
-        engine = _engines[url] = _create_engine(url)
+        with _engines_lock:
+            engine = _engines.get(url)
+            if engine is None:
+                engine = _engines[url] = _create_engine(url)
     return engine
 
 
@@ -223,10 +228,15 @@ def _create_tables(engine: Engine, url: str) -> None:
             f"version needs schema {SCHEMA_VERSION}: start a new inventory (for the local default, delete "
             "$STATE_DIR/inventory.db)"
         )
-    try:
-        metadata.create_all(engine)
-    except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):
-        metadata.create_all(engine)  # another worker created them at the same moment; they exist now
+    # Another process may create the same tables at the same moment: each collision means one more table
+    # exists, so a try per table is enough for every creator to finish.
+    for attempt in range(len(metadata.tables)):
+        try:
+            metadata.create_all(engine)
+            break
+        except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):
+            if attempt == len(metadata.tables) - 1:
+                raise
     with engine.begin() as connection:
         connection.execute(
             insert_for(engine, inventory_meta)
