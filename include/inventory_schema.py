@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import io
 import itertools
+import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -210,7 +212,7 @@ def _create_engine(url: str) -> Engine:
         @sa.event.listens_for(engine, "connect")
         def _pragmas(connection: Any, _record: Any) -> None:
             cursor = connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _use_wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
@@ -218,6 +220,26 @@ def _create_engine(url: str) -> Engine:
         engine = sa.create_engine(url, pool_pre_ping=True)
     _create_tables(engine, url)
     return engine
+
+
+def _use_wal(cursor: Any, wait_s: float = 60.0) -> None:
+    """Switch the file to write-ahead logging, waiting out other processes that open it at the same moment.
+
+    WAL is a property of the file, so only its first opener changes anything; SQLite does not apply the busy
+    timeout to this change, which fails at once with 'database is locked' while another connection creates
+    the file or its tables.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _create_tables(engine: Engine, url: str) -> None:

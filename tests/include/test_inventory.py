@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -177,6 +179,27 @@ def test_reconciled_results_reach_every_real_run_of_the_batch_with_the_row_pendi
     settled = (*result[:3], "failed", *result[4:])
     inventory.record_results("new", BATCH, [(*settled, "TH-100.1", 1)])  # a settled row stays as it is
     assert next(inventory.outcomes("new"))["outcome"] == PROVISIONED
+
+
+def _open_when_all_are_ready(url: str, ready: Any, batch_id: str) -> None:
+    ready.wait()
+    Inventory(url).record_batch(batch_id, "manifest", f"manifests/{batch_id}.csv", 1)
+
+
+def test_processes_opening_a_new_inventory_at_once_all_get_it(inventory_url, tmp_path):
+    """Airflow tasks of one run start together and each opens the inventory; the first opening creates it."""
+    spawn = multiprocessing.get_context("spawn")
+    for round_ in range(3):
+        url = inventory_url.replace("inventory.db", f"inventory-{round_}.db")
+        ready = spawn.Barrier(4)
+        batches = [f"{round_}{opener}" * 32 for opener in range(4)]
+        openers = [spawn.Process(target=_open_when_all_are_ready, args=(url, ready, b)) for b in batches]
+        for opener in openers:
+            opener.start()
+        for opener in openers:
+            opener.join(timeout=120)
+        assert [opener.exitcode for opener in openers] == [0, 0, 0, 0], f"round {round_}"
+        assert all(Inventory(url).batch_known(batch) for batch in batches)
 
 
 def test_an_inventory_of_an_earlier_schema_is_refused_with_what_to_do(tmp_path):
