@@ -105,18 +105,19 @@ class ClaimRecords:
                 self._claim_staged(connection, run_id, batch_id)
             holders = self._holders(connection, run_id, dry_run)
             renamed = self._renamed(connection)
-            for row, name, other in renamed:
-                holders.setdefault(row, Holder(name, "renamed", "", "", other_name=other))
-            if renamed:  # staged once: the outcomes statement tests each row against them
+            if renamed:
+                for row, name, other in renamed:
+                    holders.setdefault(row, Holder(name, "renamed", "", "", other_name=other))
+                # staged once: the outcomes statement tests each row against them
                 stage(connection, NAMES_STAGE, ((name,) for _, name, _ in renamed))
-            if renamed and not dry_run:  # never two things for one device: give back what was just taken
-                connection.execute(
-                    sa.delete(devices).where(
-                        devices.c.status == CLAIMED,
-                        devices.c.run_id == run_id,
-                        devices.c.thing_name.in_(sa.select(NAMES_STAGE.c.thing_name)),
+                if not dry_run:  # never two things for one device: give back what was just taken
+                    connection.execute(
+                        sa.delete(devices).where(
+                            devices.c.status == CLAIMED,
+                            devices.c.run_id == run_id,
+                            devices.c.thing_name.in_(sa.select(NAMES_STAGE.c.thing_name)),
+                        )
                     )
-                )
             self._record_claim_outcomes(connection, run_id, batch_id, dry_run, bool(renamed))
             if renamed:
                 NAMES_STAGE.drop(connection)
