@@ -35,7 +35,7 @@ test: venv
 	$(PY) -m pytest
 
 bench: venv
-	$(PY) -m scripts.bench --devices $(DEVICES) $(if $(SLOTS),--slots $(SLOTS))
+	$(PY) -m scripts.bench --devices $(DEVICES) $(if $(SLOTS),--slots $(SLOTS)) $(if $(INVENTORY),--inventory '$(INVENTORY)')
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -7,13 +7,15 @@ each, so a million rows cost a few microseconds each and every change is one ato
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import itertools
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +202,24 @@ def dispose_engines() -> None:
     """Close every pooled connection and forget the engines (tests; processes about to fork)."""
     while _engines:
         _engines.popitem()[1].dispose()
+
+
+@contextlib.contextmanager
+def scratch_schema(url: str, prefix: str) -> Iterator[str]:
+    """The PostgreSQL URL of a new schema (its connections' search_path), dropped with its tables at the
+    end: a test's or a benchmark's inventory beside what the database already holds."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(url)
+    try:
+        with admin.begin() as connection:
+            connection.execute(sa.text(f'create schema "{schema}"'))
+        parsed = sa.engine.make_url(url)
+        yield parsed.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(False)
+    finally:
+        dispose_engines()  # close pooled connections before the schema goes
+        with admin.begin() as connection:
+            connection.execute(sa.text(f'drop schema if exists "{schema}" cascade'))
+        admin.dispose()
 
 
 def _create_engine(url: str) -> Engine:

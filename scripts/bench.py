@@ -12,7 +12,10 @@ pipeline side (every stage but the emulator's registration) is set beside the cr
 all cores, and the peak memory of all processes is sampled.
 
     python -m scripts.bench [--devices N] [--workers W] [--slots S] [--chunk-size C] [--keep]
-                            [--profile STAGE ...]
+                            [--inventory POSTGRESQL_URL] [--profile STAGE ...]
+
+--inventory keeps the inventory on PostgreSQL, in a schema of its own dropped at the end; a server on this
+machine has its processes' CPU counted in every stage's (they do the inventory's work), printed apart too.
 
 --slots 2 runs two credentials tasks at a time, each in a process of its own issuing its chunk on
 cores/2 processes (inline on 2 cores), as `make cluster`'s two Celery workers of concurrency 1 do; the
@@ -50,11 +53,12 @@ from typing import Any
 
 import boto3
 import psutil
+import sqlalchemy as sa
 
 from include import pipeline, registration
 from include.credentials import MIN_DEVICES_PER_WORKER
 from include.inventory import Inventory
-from include.inventory_schema import dispose_engines
+from include.inventory_schema import dispose_engines, scratch_schema
 from include.settings import Settings
 from scripts.bench_floor import Floor, busy_floor, device_csr_floor, own_key_floor
 from scripts.bootstrap import bootstrap
@@ -66,6 +70,8 @@ FLOOR_DEVICES = 5000
 CSR_FLOOR_DEVICES = 1000
 REGISTRATION_TIMEOUT = 3600.0
 EXCLUDED_PIDS: set[int] = set()  # the emulator's processes
+COUNT_POSTGRES = False  # the inventory is on a PostgreSQL server of this machine: its CPU is counted
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", None)
 PSS_EVERY = 10  # memory samples (0.1 s apart) per PSS reading
 _STARTED = time.perf_counter()
 
@@ -85,6 +91,7 @@ class Stage:
     cores: int = 1
     cpu_seconds: float = 0.0  # this process (all threads, the emulator's too) + credential worker processes
     worker_cpu_seconds: float = 0.0  # the credential worker processes alone
+    server_cpu_seconds: float = 0.0  # a local PostgreSQL inventory's server processes (in cpu_seconds too)
 
     @property
     def per_second(self) -> float:
@@ -112,6 +119,7 @@ class _Timing:
     def __enter__(self) -> Stage:
         note(f"{self.stage.name} ...")
         self._start, self._cpu, self._children = time.perf_counter(), cpu_seconds(), children_cpu_seconds()
+        self._server = server_cpu_seconds()
         if self.profiler:
             self.profiler.enable()
         return self.stage
@@ -122,6 +130,7 @@ class _Timing:
         self.stage.seconds = time.perf_counter() - self._start
         self.stage.cpu_seconds = cpu_seconds() - self._cpu
         self.stage.worker_cpu_seconds = children_cpu_seconds() - self._children
+        self.stage.server_cpu_seconds = server_cpu_seconds() - self._server
         if exc[0] is None:
             note(f"{self.stage.name}: {self.stage.devices:,} devices in {self.stage.seconds:.2f} s")
         if self.profiler:  # its overhead is in the figures above: profile runs are for finding, not quoting
@@ -129,9 +138,24 @@ class _Timing:
 
 
 def cpu_seconds() -> float:
-    """CPU time of this process and of all its children (the credential pool lives across chunks)."""
+    """CPU time of this process, of all its children (the credential pool lives across chunks) and of a
+    local PostgreSQL inventory's server."""
     own = resource.getrusage(resource.RUSAGE_SELF)
-    return own.ru_utime + own.ru_stime + children_cpu_seconds()
+    return own.ru_utime + own.ru_stime + children_cpu_seconds() + server_cpu_seconds()
+
+
+def server_cpu_seconds() -> float:
+    """The CPU of the PostgreSQL server's processes, when the inventory is on a server of this machine: its
+    work is the inventory's, which the pipeline asks for (a backend that ends within a stage takes its share
+    with it; the engine's pooled connections live across stages)."""
+    if not COUNT_POSTGRES:
+        return 0.0
+    total = 0.0
+    for process in psutil.process_iter(["name", "cpu_times"]):
+        times = process.info["cpu_times"]
+        if process.info["name"] in ("postgres", "postmaster") and times is not None:
+            total += times.user + times.system
+    return total
 
 
 def children_cpu_seconds() -> float:
@@ -377,6 +401,11 @@ def figures(stage: Stage, floor: Floor) -> dict[str, Any]:
         "cpu_seconds": round(stage.cpu_seconds, 3),
         "cpu_us_per_device": round(cpu_us, 1),
         "floor_us_over_cpu_us": round(floor.per_device_us / cpu_us, 3) if cpu_us else None,
+        **(
+            {"server_cpu_us_per_device": round(stage.server_cpu_seconds / stage.devices * 1e6, 1)}
+            if COUNT_POSTGRES and stage.devices
+            else {}
+        ),
     }
 
 
@@ -442,6 +471,26 @@ def render(
     return "\n".join(lines)
 
 
+def _inventory(
+    stack: contextlib.ExitStack, work: Path, url: str | None, parser: argparse.ArgumentParser
+) -> tuple[str, str]:
+    """The inventory URL of this run and how the table describes it."""
+    global COUNT_POSTGRES
+    if url is None:
+        return f"sqlite:///{work / 'inventory.db'}", "SQLite, a file in the temporary directory"
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        parser.error(f"--inventory takes a PostgreSQL URL, got {parsed.render_as_string(hide_password=True)}")
+    COUNT_POSTGRES = parsed.host in LOCAL_HOSTS
+    shown = parsed.render_as_string(hide_password=True)
+    counted = (
+        "its server's CPU counted in each stage" if COUNT_POSTGRES else "a remote server: its CPU not counted"
+    )
+    return stack.enter_context(
+        scratch_schema(url, "bench")
+    ), f"PostgreSQL at {shown}, a schema of its own ({counted})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=10_000)
@@ -459,6 +508,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gw-share", type=float, default=0.1, help="share of GW-200 devices (device CSRs)")
     parser.add_argument("--bad-rows", type=int, default=0, help="rows broken on purpose (quarantined)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--inventory",
+        metavar="URL",
+        help="a PostgreSQL database for the inventory (a schema of its own, dropped at the end); default "
+        "SQLite in the temporary directory",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument(
         "--profile", nargs="*", default=(), metavar="STAGE", help="cProfile the stages named so (to stderr)"
@@ -473,8 +528,9 @@ def main(argv: list[str] | None = None) -> int:
     stack = contextlib.ExitStack()
     try:
         local_state = work / "state"
+        inventory_url, inventory_note = _inventory(stack, work, args.inventory, parser)
         overrides: dict[str, Any] = {
-            "inventory_url": f"sqlite:///{work / 'inventory.db'}",
+            "inventory_url": inventory_url,
             "bundle_recipient_public_key": str(local_state / "factory-line" / "recipient.cert.pem"),
         }
         if args.workers or args.slots > 1:
@@ -515,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         watch = Stopwatch(tuple(args.profile))
-        started, cpu_started = time.perf_counter(), cpu_seconds()
+        started, cpu_started, server_started = time.perf_counter(), cpu_seconds(), server_cpu_seconds()
         with MemoryPeak() as memory:
             summary = run_pipeline(
                 watch, iot, s3, settings, manifest, args.devices, ca_pem, ca_key_pem, args.slots
@@ -527,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
             max(s.cores for s in watch.stages),
             cpu_seconds() - cpu_started,
         )
+        total.server_cpu_seconds = server_cpu_seconds() - server_started
 
         rows_ = [figures(s, floor) for s in [*watch.stages, total]]
         host = machine()
@@ -539,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
             f"Python {host['python']}",
             "measures the domain stages (include/pipeline.py) and the emulator; Airflow is not used "
             "(its scheduling overhead is per task, not per device)",
+            f"inventory: {inventory_note}",
             f"outcome: {summary['provisioned']:,} provisioned, {summary['failed']:,} failed, "
             f"{summary['quarantined']:,} quarantined, {summary['skipped']:,} skipped, "
             f"accounted={summary['accounted']}",
@@ -551,6 +609,13 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"credentials CPU per device: worker processes {workers_us:.1f} µs, this process "
                 f"(pipeline loop, bundle sealing, S3 uploads) {parent_us:.1f} µs"
+            )
+        if COUNT_POSTGRES:
+            print(
+                "PostgreSQL server CPU per device (in the figures above): "
+                + ", ".join(
+                    f"{r['stage']} {r['server_cpu_us_per_device']:.1f} µs" for r in rows_ if r["devices"]
+                )
             )
         if mix is not None:
             print(
