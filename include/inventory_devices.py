@@ -71,22 +71,16 @@ _RESULTS = staging_table(
 RESULT_FIELDS = tuple(c.name for c in _RESULTS.columns)
 
 
-def _pending_update_driven_by_stage(real_runs: sa.Select, values: dict[str, Any]) -> sa.Update:
-    """The pending outcomes of the staged rows, for SQLite: each staged row finds its outcome by primary key.
+def _update_driven_by_stage(staged: sa.Table, conditions: list[Any], values: dict[str, Any]) -> sa.Update:
+    """Row outcomes of the staged manifest rows, for SQLite: each staged row finds its outcome by primary key.
 
-    UPDATE ... FROM would walk every pending row of the batch (a million on a large batch's first unit)
-    to probe the staged ones; with no statistics SQLite also prefers the (run_id, outcome) index, so the
-    outcome test is kept out of index use (`+`).
+    UPDATE ... FROM walks every row of the run (or the batch) to probe the staged ones: a million rows for
+    ten refused devices, or for a large batch's first unit.
     """
-    staged = _RESULTS.c
-    by_row = staged.manifest_row == row_outcomes.c.manifest_row
+    by_row = staged.c.manifest_row == row_outcomes.c.manifest_row
     return (
         sa.update(row_outcomes)
-        .where(
-            row_outcomes.c.run_id.in_(real_runs),
-            row_outcomes.c.manifest_row.in_(sa.select(staged.manifest_row)),
-            sa.text("+row_outcomes.outcome = :pending").bindparams(pending=PENDING),
-        )
+        .where(*conditions, row_outcomes.c.manifest_row.in_(sa.select(staged.c.manifest_row)))
         .values({name: sa.select(column).where(by_row).scalar_subquery() for name, column in values.items()})
     )
 
@@ -127,7 +121,12 @@ class DeviceRecords:
             count = stage(connection, _RESULTS, rows)
             self._upsert_devices(connection, _RESULTS, run_id, batch_id)
             if connection.dialect.name == "sqlite":
-                statement = _pending_update_driven_by_stage(real_runs, values)
+                # With no statistics SQLite prefers the (run_id, outcome) index: the outcome test is kept
+                # out of index use (`+`).
+                pending = sa.text("+row_outcomes.outcome = :pending").bindparams(pending=PENDING)
+                statement = _update_driven_by_stage(
+                    _RESULTS, [row_outcomes.c.run_id.in_(real_runs), pending], values
+                )
             else:  # PostgreSQL plans the join from its statistics (a hash join on the staged rows)
                 statement = (
                     sa.update(row_outcomes)
@@ -318,21 +317,21 @@ class DeviceRecords:
     def set_outcomes(self, run_id: str, rows: Iterable[Sequence[Any]]) -> int:
         """Change outcome, reason, unit, line and certificate of rows of one run (its other columns stay)."""
         stage_ = _OUTCOMES.c
+        names = ("outcome", "reason_code", "reason", "unit", "param_line", "certificate_id")
+        values = {name: stage_[name] for name in names}
         with self.engine.begin() as connection:
             count = stage(connection, _OUTCOMES, rows)
-            connection.execute(
-                sa.update(row_outcomes)
-                .where(row_outcomes.c.run_id == run_id, row_outcomes.c.manifest_row == stage_.manifest_row)
-                .values(
-                    outcome=stage_.outcome,
-                    reason_code=stage_.reason_code,
-                    reason=stage_.reason,
-                    unit=stage_.unit,
-                    param_line=stage_.param_line,
-                    certificate_id=stage_.certificate_id,
-                    updated_at=utcnow(),
+            if connection.dialect.name == "sqlite":
+                statement = _update_driven_by_stage(_OUTCOMES, [row_outcomes.c.run_id == run_id], values)
+            else:
+                statement = (
+                    sa.update(row_outcomes)
+                    .where(
+                        row_outcomes.c.run_id == run_id, row_outcomes.c.manifest_row == stage_.manifest_row
+                    )
+                    .values(**values)
                 )
-            )
+            connection.execute(statement.values(updated_at=utcnow()))
             _OUTCOMES.drop(connection)
         return count
 

@@ -232,19 +232,42 @@ def test_known_names_are_exactly_the_recorded_ones_however_the_batch_spans_the_i
     assert store.known_names([]) == set()
 
 
-def test_a_units_outcomes_are_found_by_key_not_by_walking_the_batch(tmp_path):
-    """On SQLite each staged row finds its outcome by primary key: a unit's reconcile costs its own rows,
-    not every pending row of a million-row batch."""
-    from include import inventory_devices
-    from include.inventory_schema import runs, stage
-
+def test_outcome_updates_find_their_rows_by_key_not_by_walking_the_run(tmp_path):
+    """On SQLite each staged row finds its outcome by primary key: a unit's reconcile, or a chunk's few
+    refused devices, cost their own rows, not every row of a million-row run."""
     inventory = Inventory(f"sqlite:///{tmp_path / 'inventory.db'}")
-    staged = inventory_devices._RESULTS.c
-    real_runs = sa.select(runs.c.run_id).where(runs.c.batch_id == BATCH)
-    statement = inventory_devices._pending_update_driven_by_stage(real_runs, {"outcome": staged.status})
-    with inventory.engine.begin() as connection:
-        stage(connection, inventory_devices._RESULTS, [])
-        sql = str(statement.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True}))
-        plan = [row[3] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
-    assert plan[0].startswith("SEARCH row_outcomes USING INDEX sqlite_autoindex_row_outcomes_1")
-    assert "(run_id=? AND manifest_row=?)" in plan[0]
+    inventory.record_run("r1", BATCH, "m.csv")
+    inventory.claim("r1", BATCH, _requests(200))
+    plans: list[str] = []
+
+    @sa.event.listens_for(inventory.engine, "before_cursor_execute")
+    def explain(connection, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("UPDATE ROW_OUTCOMES"):
+            plan = cursor.connection.execute(f"EXPLAIN QUERY PLAN {statement}", parameters).fetchall()
+            plans.append(plan[0][3])
+
+    refused = (5, "quarantined", "CsrInvalid", "bad CSR", "TH-100", "5", "TH-100-5", None, None, None)
+    inventory.set_outcomes("r1", [refused])
+    result = (
+        "TH-100-6",
+        "TH-100",
+        "6",
+        PROVISIONED,
+        "arn:thing",
+        "c" * 64,
+        "arn:cert",
+        "ca",
+        6,
+        "t",
+        None,
+        None,
+    )
+    inventory.record_results("r1", BATCH, [(*result, "TH-100.1", 1)])
+    sa.event.remove(inventory.engine, "before_cursor_execute", explain)
+    assert len(plans) == 2
+    for plan in plans:
+        assert plan.startswith("SEARCH row_outcomes USING INDEX sqlite_autoindex_row_outcomes_1"), plan
+        assert "(run_id=? AND manifest_row=?)" in plan
+    outcomes = {o["manifest_row"]: o for o in inventory.outcomes("r1")}
+    assert (outcomes[5]["outcome"], outcomes[5]["reason_code"]) == ("quarantined", "CsrInvalid")
+    assert outcomes[6]["outcome"] == PROVISIONED and outcomes[7]["outcome"] == PENDING
