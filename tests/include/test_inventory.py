@@ -27,6 +27,24 @@ def _device(name: str, status: str, row: int = 1) -> tuple:
     return (*fields, None, None)
 
 
+def _result(row: int) -> tuple:
+    """A provisioned device's reconciled result (RESULT_FIELDS without unit and line)."""
+    return (
+        f"TH-100-{row}",
+        "TH-100",
+        str(row),
+        PROVISIONED,
+        "arn:thing",
+        "c" * 64,
+        "arn:cert",
+        "ca",
+        row,
+        "t",
+        None,
+        None,
+    )
+
+
 def test_batches_and_runs(inventory_url):
     inventory = Inventory(inventory_url)
     assert inventory.record_batch("a" * 64, "s3://b/k", "batches/a/manifest.csv", 10) is True
@@ -155,20 +173,7 @@ def test_reconciled_results_reach_every_real_run_of_the_batch_with_the_row_pendi
                 (2, PENDING, None, None, "TH-100", "2", "TH-100-2", None, None, None),
             ],
         )
-    result = (
-        "TH-100-1",
-        "TH-100",
-        "1",
-        PROVISIONED,
-        "arn:thing",
-        "c" * 64,
-        "arn:cert",
-        "ca",
-        1,
-        "t",
-        None,
-        None,
-    )
+    result = _result(1)
     inventory.record_results("new", BATCH, [(*result, "TH-100.1", 1)])
     assert inventory.device("TH-100-1")["status"] == PROVISIONED
     outcome = {run: next(inventory.outcomes(run)) for run in ("dead", "new", "dry", "x")}
@@ -248,20 +253,7 @@ def test_outcome_updates_find_their_rows_by_key_not_by_walking_the_run(tmp_path)
 
     refused = (5, "quarantined", "CsrInvalid", "bad CSR", "TH-100", "5", "TH-100-5", None, None, None)
     inventory.set_outcomes("r1", [refused])
-    result = (
-        "TH-100-6",
-        "TH-100",
-        "6",
-        PROVISIONED,
-        "arn:thing",
-        "c" * 64,
-        "arn:cert",
-        "ca",
-        6,
-        "t",
-        None,
-        None,
-    )
+    result = _result(6)
     inventory.record_results("r1", BATCH, [(*result, "TH-100.1", 1)])
     sa.event.remove(inventory.engine, "before_cursor_execute", explain)
     assert len(plans) == 2
