@@ -69,6 +69,11 @@ class BatchEndNotifier(BaseNotifier):
         self.state = state
         self.variable = variable
 
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        """Nothing to render (no template fields). Airflow's own rendering asks the context's DAG for a
+        jinja environment, which a run by dag.test (make run, make dag) gives as a SerializedDAG that has
+        none: the callback failed there before it sent anything (Airflow 3.3)."""
+
     def _configuration(self) -> dict[str, Any]:
         from airflow.sdk import Variable
 

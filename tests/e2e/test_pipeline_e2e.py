@@ -302,3 +302,30 @@ def test_every_serial_the_contract_allows_is_provisioned_or_refused_precisely(pi
         ("5", "invalid_attribute_value"),
     }
     assert next(r for r in refused if r["manifest_row"] == "5")["factory"] == "Zürich"
+
+
+@pytest.mark.parametrize("inventory_url", ["sqlite"], indirect=True)
+def test_a_run_by_dag_test_announces_its_end_where_the_variable_says(
+    pipeline: Pipeline, tmp_path, monkeypatch
+):
+    """`make run` and `make dag` run DAGs with dag.test: the batch-end notifier must work there too (the
+    Variable from the environment, the SNS topic on the emulator, the message read back from SQS)."""
+    sns, sqs = pipeline.emulator.client("sns"), pipeline.emulator.client("sqs")
+    topic = sns.create_topic(Name="factory-batches")["TopicArn"]
+    queue = sqs.create_queue(QueueName="factory-batches-inbox")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    monkeypatch.setenv("AIRFLOW_VAR_FACTORY_NOTIFICATIONS", json.dumps({"sns_topic_arn": topic}))
+    manifest = tmp_path / "announced.csv"
+    rows = hostile_manifest(manifest, devices=8, bad_rows=1, seed=3)
+    run = pipeline.dag.test(run_conf={"manifest": str(manifest), "dry_run": True})
+    assert run.state == "success", states(run)
+    messages = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1, MaxNumberOfMessages=10).get(
+        "Messages", []
+    )
+    bodies = [json.loads(message["Body"])["Message"] for message in messages]
+    assert len(bodies) == 1, bodies
+    assert f"Run {run.run_id} of provision_factory_batch ended success." in bodies[0]
+    assert f"rows: {rows}" in bodies[0]
