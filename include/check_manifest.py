@@ -30,8 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         table = read_manifest(args.manifest.read_bytes())
         result = full_verdict(table, load_catalog(args.catalog), product=args.product)
-    except (PipelineError, OSError) as exc:
+    except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the manifest or the catalog cannot be read: which one, and why
+        print(f"error: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 1
     print(
         json.dumps(

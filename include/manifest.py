@@ -126,7 +126,11 @@ def validate_manifest(
     if missing:
         raise ManifestError(
             f"the manifest lacks required column(s) {missing}; its header is {table.header}"
-            + ("" if product or "model" not in missing else " (or choose a product for the run)")
+            + (
+                ""
+                if product or "model" not in missing
+                else " (or name every row's product in the run's conf: \"product\")"
+            )
         )
     if product is not None and product not in catalog:
         raise ManifestError(f"product {product!r} is not in the catalog ({sorted(catalog.products)})")

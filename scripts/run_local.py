@@ -19,6 +19,7 @@ what they left instead of waiting for them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -185,18 +186,25 @@ def run_step(name: str, command: list[str], env: dict[str, str], log_path: Path)
     return completed.stdout.decode(errors="replace")
 
 
-def progress(line: str) -> str | None:
-    """A short progress note for a line of `airflow dags test` output, or None."""
-    if found := _TASK_END.search(line):
-        task, index = found.groups()
-        return f"task {task}{f'[{index}]' if index != '-1' else ''} done"
-    if found := _TASK_STATE.search(line):
-        return f"a task went {found.group(1)}"
-    if found := _NOTE.search(line):
-        return found.group(1)
-    if found := _RUN_END.search(line):
-        return f"DAG run finished: {found.group(1)}"
-    return None
+class Progress:
+    """Short progress notes from the lines of `airflow dags test` output: each task's end, how it ended."""
+
+    def __init__(self) -> None:
+        self._ended = "done"  # how the running task ended: its state line comes before its end line
+
+    def note(self, line: str) -> str | None:
+        if found := _TASK_END.search(line):
+            task, index = found.groups()
+            ended, self._ended = self._ended, "done"
+            return f"task {task}{f'[{index}]' if index != '-1' else ''} {ended}"
+        if found := _TASK_STATE.search(line):
+            self._ended = found.group(1).replace("_", " ")
+            return None
+        if found := _NOTE.search(line):
+            return found.group(1)
+        if found := _RUN_END.search(line):
+            return f"DAG run finished: {found.group(1)}"
+        return None
 
 
 def run_dag(dag_id: str, conf: dict[str, Any], env: dict[str, str], log_path: Path, timeout: int) -> bool:
@@ -207,9 +215,10 @@ def run_dag(dag_id: str, conf: dict[str, Any], env: dict[str, str], log_path: Pa
             command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         assert process.stdout is not None
+        progress = Progress()
         for line in process.stdout:
             log_file.write(line)
-            note = progress(line)
+            note = progress.note(line)
             if note:
                 say(note)
         code = process.wait()
@@ -247,8 +256,18 @@ def fail_stale_runs() -> list[str]:
         return [f"{run.dag_id}/{run.run_id}" for run in stale]
 
 
-def newest_run(dag_id: str) -> tuple[str, str, list[str]]:
-    """(run id, state, ids of its failed tasks) of the DAG's newest run."""
+def last_run_key(dag_id: str) -> int:
+    """The key of the DAG's newest run so far (0 for none): a run this process starts comes after it."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import func, select
+
+    with create_session() as session:
+        return session.scalar(select(func.max(DagRun.id)).where(DagRun.dag_id == dag_id)) or 0
+
+
+def newest_run(dag_id: str, after: int, log_path: Path) -> tuple[str, str, list[str]]:
+    """(run id, state, ids of its failed tasks) of the DAG's run newer than `after`: the one just made."""
     from airflow.models.dagrun import DagRun
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
@@ -256,10 +275,14 @@ def newest_run(dag_id: str) -> tuple[str, str, list[str]]:
 
     with create_session() as session:
         run = session.scalars(
-            select(DagRun).where(DagRun.dag_id == dag_id).order_by(DagRun.id.desc()).limit(1)
+            select(DagRun)
+            .where(DagRun.dag_id == dag_id, DagRun.id > after)
+            .order_by(DagRun.id.desc())
+            .limit(1)
         ).first()
-        if run is None:
-            raise RunError(f"no run of {dag_id} was recorded")
+        if run is None:  # an unknown DAG, or a conf its params refuse: Airflow made no run
+            leaf_tasks(dag_id)  # names the DAGs there are when this one is not among them
+            raise RunError(f"Airflow started no run of {dag_id}{_last_exception(log_path)}; see {log_path}")
         failed = session.scalars(
             select(TaskInstance.task_id).where(
                 TaskInstance.dag_id == dag_id,
@@ -293,7 +316,9 @@ def leaf_tasks(dag_id: str) -> list[str]:
     """The DAG's last tasks (no downstream), whose return values are its result."""
     from airflow.models import DagBag
 
-    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    # Its "Filling up the DagBag" line goes to stderr with the progress notes, not before the result.
+    with contextlib.redirect_stdout(sys.stderr):
+        bag = DagBag(dag_folder=str(ROOT / "dags"))
     dag = bag.dags.get(dag_id)
     if dag is None:
         known = ", ".join(sorted(bag.dags))
@@ -308,9 +333,13 @@ def _last_exception(log_path: Path) -> str:
     return f": {found.group(1)}: {found.group(2)}" if found else ""
 
 
-def dag_result(dag_id: str, succeeded: bool, log_path: Path) -> tuple[dict[str, Any], str | None]:
-    """(the result to print, the reason the run failed or None)."""
-    run_id, state, failed = newest_run(dag_id)
+def _failed(tasks: list[str], log_path: Path) -> str:
+    return f"tasks {', '.join(tasks)} failed" if tasks else "the run failed before any task did"
+
+
+def dag_result(dag_id: str, succeeded: bool, log_path: Path, after: int) -> tuple[dict[str, Any], str | None]:
+    """(the result to print, the reason the run failed or None) of the run newer than `after`."""
+    run_id, state, failed = newest_run(dag_id, after, log_path)
     if dag_id == DAG_ID:
         from include.pipeline import run_summary
         from include.settings import Settings
@@ -318,7 +347,7 @@ def dag_result(dag_id: str, succeeded: bool, log_path: Path) -> tuple[dict[str, 
         summary = run_summary(Settings.from_env(), run_id) or {"run_id": run_id, "rows": 0, "accounted": True}
         if not succeeded:
             summary.setdefault("error", None)
-            summary["error"] = summary["error"] or f"tasks {', '.join(failed) or '?'} failed; see {log_path}"
+            summary["error"] = summary["error"] or f"{_failed(failed, log_path)}; see {log_path}"
             summary["state"] = state
         return summary, summary.get("error") if not succeeded else None
     leaves = leaf_tasks(dag_id)
@@ -327,7 +356,7 @@ def dag_result(dag_id: str, succeeded: bool, log_path: Path) -> tuple[dict[str, 
     if not isinstance(result, dict):
         result = {"result": result}
     if not succeeded:
-        error = f"tasks {', '.join(failed) or '?'} failed{_last_exception(log_path)}; see {log_path}"
+        error = f"{_failed(failed, log_path)}{_last_exception(log_path)}; see {log_path}"
         return {"dag_id": dag_id, "run_id": run_id, "state": state, "error": error, **result}, error
     return result, None
 
@@ -352,7 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     if conf is None and args.dag == DAG_ID:
         manifest = args.manifest if args.manifest.startswith("s3://") else str(Path(args.manifest).resolve())
         if not manifest.startswith("s3://") and not Path(manifest).is_file():
-            print(f"[run] manifest not found: {manifest}", file=sys.stderr)
+            # Refused before anything starts, and still the summary line users read last.
+            error = f"manifest not found: {manifest}"
+            print(f"[run] FAILED: {error}", file=sys.stderr, flush=True)
+            print(json.dumps({"source": manifest, "rows": 0, "accounted": True, "error": error}), flush=True)
             return 2
         conf = {"manifest": manifest, "dry_run": args.dry_run}
     if not isinstance(conf or {}, dict):
@@ -383,10 +415,12 @@ def main(argv: list[str] | None = None) -> int:
                 env["PIPELINE_ACM_PCA_ARN"] = report["acm_pca_arn"]
             run_log = logs / f"dag-run-{time.strftime('%Y%m%dT%H%M%S')}.log"
             say(f"running {args.dag} with conf {json.dumps(conf or {})} (log {run_log})")
+            after = last_run_key(args.dag)
             succeeded = run_dag(args.dag, conf or {}, env, run_log, args.timeout)
-            result, error = dag_result(args.dag, succeeded, run_log)
+            result, error = dag_result(args.dag, succeeded, run_log, after)
     except RunError as error:
-        print(f"[run] FAILED: {error}", file=sys.stderr)
+        print(f"[run] FAILED: {error}", file=sys.stderr, flush=True)
+        print(json.dumps({"dag_id": args.dag, "error": str(error)}), flush=True)
         return 1
     except KeyboardInterrupt:
         print("[run] interrupted", file=sys.stderr)

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from scripts.bootstrap import BootstrapError, ensure_development_ca, main
@@ -31,10 +37,6 @@ def test_unreachable_endpoint_is_one_line_not_a_traceback(tmp_path, monkeypatch,
 @pytest.mark.timeout(600)
 def test_make_run_on_a_refused_manifest_says_why_and_still_ends_with_the_summary(tmp_path):
     """The `make run` path on a file that is not UTF-8: no retries, the reason, one JSON line last."""
-    import json
-    import os
-    import subprocess
-    import sys
     import time
 
     manifest = tmp_path / "latin1.csv"
@@ -57,6 +59,44 @@ def test_make_run_on_a_refused_manifest_says_why_and_still_ends_with_the_summary
     log = next((tmp_path / "state" / "logs").glob("dag-run-*.log")).read_text()
     assert "up_for_retry" not in log  # refused at once: a retry cannot make the file UTF-8
     assert elapsed < 240
+
+
+def _run_local(state: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.run_local", *args],
+        env={**os.environ, "STATE_DIR": str(state)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return done, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_missing_manifest_is_refused_before_anything_starts_and_still_ends_with_the_summary(tmp_path):
+    done, summary = _run_local(tmp_path / "state", "--manifest", str(tmp_path / "nope.csv"))
+    assert done.returncode == 2 and "manifest not found" in done.stderr
+    assert summary == {
+        "source": str(tmp_path / "nope.csv"),
+        "rows": 0,
+        "accounted": True,
+        "error": f"manifest not found: {tmp_path / 'nope.csv'}",
+    }
+
+
+@pytest.mark.airflow
+@pytest.mark.timeout(600)
+def test_make_dag_reports_its_own_run_never_an_earlier_ones(tmp_path):
+    """A conf the DAG's params refuse makes no run: the result says so, not what the run before returned."""
+    state = tmp_path / "state"
+    done, report = _run_local(state, "--dag", "manage_factory_ca", "--conf", '{"action": "report"}')
+    assert done.returncode == 0 and report["action"] == "report", done.stderr[-2000:]
+    done, refused = _run_local(state, "--dag", "manage_factory_ca", "--conf", '{"action": "rotat"}')
+    assert done.returncode == 1
+    assert set(refused) == {"dag_id", "error"} and refused["dag_id"] == "manage_factory_ca"
+    assert "Airflow started no run of manage_factory_ca" in refused["error"]
+    assert "ParamValidationError" in refused["error"] and "'rotat' is not one of" in refused["error"]
+    done, unknown = _run_local(state, "--dag", "no_such_dag")
+    assert done.returncode == 1 and "no DAG 'no_such_dag' in dags/ (known: audit_drift" in unknown["error"]
 
 
 def test_generated_serials_start_where_asked():
