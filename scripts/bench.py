@@ -640,6 +640,7 @@ def main(argv: list[str] | None = None) -> int:
                     "workers": settings.workers,
                     "slots": args.slots,
                     "machine": host,
+                    "inventory": sa.engine.make_url(inventory_url).get_backend_name(),
                     "floor": floor.as_dict(),
                     "floor_device_csr": csr_floor.as_dict() if csr_floor else None,
                     "floor_every_core_busy_us": round(busy, 2),

@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -117,6 +118,9 @@ def emulator(
         start_new_session=True,
     )
     endpoint = f"http://127.0.0.1:{port}"
+    # The emulator runs in a session of its own (a Ctrl-C at the terminal is ours to handle): on SIGTERM, as
+    # on Ctrl-C, this process must unwind to the `finally` below, or the emulator outlives it.
+    previous = _exit_on_sigterm()
     try:
         wait_healthy(f"{endpoint}/_emulator/health", process, log_path)
         report(f"emulator up at {endpoint} (state {state_dir / 'emulator'})")
@@ -125,6 +129,20 @@ def emulator(
         stop_group(process)
         log_file.close()
         report("emulator stopped")
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm() -> Any:
+    """Turn SIGTERM into SystemExit(143) in this process; returns the handler before (None off the main
+    thread, where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 def airflow_env(state_dir: Path, endpoint: str) -> dict[str, str]:

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
+import pytest
 
 from plugins.cdf_api.media import MEDIA_TYPE
 from tests.cdf.conftest import free_port
@@ -18,7 +20,11 @@ from tests.cdf.conftest import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_cdf_api_serves_the_local_state_and_stops_the_emulator(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("stop", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_cdf_api_serves_the_local_state_and_stops_the_emulator(
+    tmp_path: Path, stop: int, exit_code: int
+) -> None:
+    """Stopped by Ctrl-C or by SIGTERM (a service manager, kill), it stops its emulator too."""
     port = free_port()
     env = {**os.environ, "STATE_DIR": str(tmp_path), "CDF_API_PORT": str(port), "CDF_API_TOKEN": "tok"}
     env.pop("AWS_ENDPOINT_URL", None)
@@ -50,12 +56,16 @@ def test_cdf_api_serves_the_local_state_and_stops_the_emulator(tmp_path: Path) -
             httpx.get(f"{written['base_url']}/things/make-1", headers=headers).json()["thingName"] == "make-1"
         )
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         output, _ = process.communicate(timeout=60)
     assert f"CDF provisioning API on http://127.0.0.1:{port}" in output
     assert "development token: tok" in output
     assert output.rstrip().endswith("[run] emulator stopped")
-    assert process.returncode == 130  # stopped by Ctrl-C, as a shell reports it
+    assert process.returncode == exit_code  # as a shell reports the signal
+    left = [
+        p.pid for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])
+    ]
+    assert left == [], "the emulator outlived make cdf-api"
 
 
 def _up(port: int) -> bool:

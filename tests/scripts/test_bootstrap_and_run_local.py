@@ -6,12 +6,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from scripts.bootstrap import BootstrapError, ensure_development_ca, main
 from scripts.generate_manifest import rows
+from tests.fixtures.make_dag import run_local
 
 
 def test_missing_ca_is_an_error_unless_a_development_ca_is_wanted(tmp_path):
@@ -61,20 +61,8 @@ def test_make_run_on_a_refused_manifest_says_why_and_still_ends_with_the_summary
     assert elapsed < 240
 
 
-def _run_local(state: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
-    done = subprocess.run(
-        [sys.executable, "-m", "scripts.run_local", *args],
-        env={**os.environ, "STATE_DIR": str(state)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return done, json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def test_a_missing_manifest_is_refused_before_anything_starts_and_still_ends_with_the_summary(tmp_path):
-    done, summary = _run_local(tmp_path / "state", "--manifest", str(tmp_path / "nope.csv"))
-    assert done.returncode == 2 and "manifest not found" in done.stderr
+    summary = run_local(tmp_path / "state", "--manifest", str(tmp_path / "nope.csv"), exit_code=2)
     assert summary == {
         "source": str(tmp_path / "nope.csv"),
         "rows": 0,
@@ -88,15 +76,14 @@ def test_a_missing_manifest_is_refused_before_anything_starts_and_still_ends_wit
 def test_make_dag_reports_its_own_run_never_an_earlier_ones(tmp_path):
     """A conf the DAG's params refuse makes no run: the result says so, not what the run before returned."""
     state = tmp_path / "state"
-    done, report = _run_local(state, "--dag", "manage_factory_ca", "--conf", '{"action": "report"}')
-    assert done.returncode == 0 and report["action"] == "report", done.stderr[-2000:]
-    done, refused = _run_local(state, "--dag", "manage_factory_ca", "--conf", '{"action": "rotat"}')
-    assert done.returncode == 1
+    report = run_local(state, "--dag", "manage_factory_ca", "--conf", '{"action": "report"}')
+    assert report["action"] == "report"
+    refused = run_local(state, "--dag", "manage_factory_ca", "--conf", '{"action": "rotat"}', exit_code=1)
     assert set(refused) == {"dag_id", "error"} and refused["dag_id"] == "manage_factory_ca"
     assert "Airflow started no run of manage_factory_ca" in refused["error"]
     assert "ParamValidationError" in refused["error"] and "'rotat' is not one of" in refused["error"]
-    done, unknown = _run_local(state, "--dag", "no_such_dag")
-    assert done.returncode == 1 and "no DAG 'no_such_dag' in dags/ (known: audit_drift" in unknown["error"]
+    unknown = run_local(state, "--dag", "no_such_dag", exit_code=1)
+    assert "no DAG 'no_such_dag' in dags/ (known: audit_drift" in unknown["error"]
 
 
 def test_generated_serials_start_where_asked():
