@@ -624,10 +624,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         pipeline_side = pipeline_side_figures(watch.stages, args.devices, mix or floor.per_second, memory)
         print(
-            f"pipeline side (every stage but the emulator's registration): {pipeline_side['seconds']:.1f} s "
+            f"pipeline side (every stage but the emulator's registration): {pipeline_side['seconds']:.3g} s "
             "= "
             f"{pipeline_side['x_credentials_floor_time']:.2f} × the credentials floor time on "
-            f"{pipeline_side['cores']} cores ({pipeline_side['credentials_floor_seconds']:.1f} s); "
+            f"{pipeline_side['cores']} cores ({pipeline_side['credentials_floor_seconds']:.3g} s); "
             f"peak memory of all processes together {pipeline_side['peak_pss_mb']:,.0f} MB (PSS summed; "
             f"RSS summed, shared pages counted in every process: {pipeline_side['peak_rss_mb']:,.0f} MB)"
         )
