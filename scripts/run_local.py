@@ -121,14 +121,17 @@ def emulator(
     # The emulator runs in a session of its own (a Ctrl-C at the terminal is ours to handle): on SIGTERM, as
     # on Ctrl-C, this process must unwind to the `finally` below, or the emulator outlives it.
     previous = _exit_on_sigterm()
+    up = False
     try:
         wait_healthy(f"{endpoint}/_emulator/health", process, log_path)
+        up = True
         report(f"emulator up at {endpoint} (state {state_dir / 'emulator'})")
         yield endpoint
     finally:
         stop_group(process)
         log_file.close()
-        report("emulator stopped")
+        if up:  # one that never came up says why in the error instead
+            report("emulator stopped")
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
@@ -379,6 +382,18 @@ def dag_result(dag_id: str, succeeded: bool, log_path: Path, after: int) -> tupl
     return result, None
 
 
+def _refused(dag_id: str, conf: dict[str, Any], error: str, code: int) -> int:
+    """A run that could not start or whose result cannot be read: the reason, and still the JSON line last
+    (for a batch, the summary's shape: nothing read, so nothing unaccounted)."""
+    print(f"[run] FAILED: {error}", file=sys.stderr, flush=True)
+    if dag_id == DAG_ID:
+        result = {"source": conf.get("manifest"), "rows": 0, "accounted": True, "error": error}
+    else:
+        result = {"dag_id": dag_id, "error": error}
+    print(json.dumps(result), flush=True)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--manifest", default=str(DEFAULT_MANIFEST), help="local path or s3:// URI")
@@ -394,20 +409,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         conf = json.loads(args.conf) if args.conf else None
     except ValueError as error:
-        print(f"[run] CONF is not JSON: {error}", file=sys.stderr)
-        return 2
+        return _refused(args.dag, {}, f"CONF is not JSON: {error}", 2)
     if conf is None and args.dag == DAG_ID:
         manifest = args.manifest if args.manifest.startswith("s3://") else str(Path(args.manifest).resolve())
         if not manifest.startswith("s3://") and not Path(manifest).is_file():
             # Refused before anything starts, and still the summary line users read last.
-            error = f"manifest not found: {manifest}"
-            print(f"[run] FAILED: {error}", file=sys.stderr, flush=True)
-            print(json.dumps({"source": manifest, "rows": 0, "accounted": True, "error": error}), flush=True)
-            return 2
+            return _refused(args.dag, {"manifest": manifest}, f"manifest not found: {manifest}", 2)
         conf = {"manifest": manifest, "dry_run": args.dry_run}
     if not isinstance(conf or {}, dict):
-        print("[run] CONF must be a JSON object", file=sys.stderr)
-        return 2
+        return _refused(args.dag, {}, "CONF must be a JSON object", 2)
 
     try:
         with emulator(state_dir, logs) as endpoint:
@@ -437,9 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             succeeded = run_dag(args.dag, conf or {}, env, run_log, args.timeout)
             result, error = dag_result(args.dag, succeeded, run_log, after)
     except RunError as error:
-        print(f"[run] FAILED: {error}", file=sys.stderr, flush=True)
-        print(json.dumps({"dag_id": args.dag, "error": str(error)}), flush=True)
-        return 1
+        return _refused(args.dag, conf or {}, str(error), 1)
     except KeyboardInterrupt:
         print("[run] interrupted", file=sys.stderr)
         return 130
