@@ -16,13 +16,12 @@ import pytest
 import uvicorn
 
 from include.cdf.config import CdfConfig
-from include.cdf.dev_pca import create_dev_pca
 from include.settings import Settings
 from plugins.cdf_api.app import create_app
 from plugins.cdf_api.auth import DevelopmentToken
 from plugins.cdf_api.media import MEDIA_TYPE
 from plugins.cdf_api.standalone import standalone_backend
-from scripts.bootstrap import bootstrap
+from scripts.bootstrap import bootstrap, development_pca
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "plugins" / "cdf_api" / "examples"
@@ -114,11 +113,11 @@ def cdf_api(emulator: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             chunk_size=2500,
             workers=2,
         )
-        bootstrap(
+        report = bootstrap(
             endpoint_url=emulator.endpoint_url, local_state=state_dir, settings=settings, region="us-east-1"
         )
         iot, s3, acm_pca = emulator.client("iot"), emulator.client("s3"), emulator.client("acm-pca")
-        pca_arn, pca_ca_arn = create_dev_pca(acm_pca, iot)
+        pca_arn, pca_ca_arn = development_pca(acm_pca, iot, state_dir, settings, report.get("acm_pca_arn"))
         config = CdfConfig(
             settings=settings,
             templates_bucket=settings.bucket,
