@@ -89,3 +89,17 @@ def test_make_dag_reports_its_own_run_never_an_earlier_ones(tmp_path):
 def test_generated_serials_start_where_asked():
     first = [cells[0] for cells in rows(3, 0, 0.0, seed=1, first=30_000_000)]
     assert first == ["TH030000000", "TH030000001", "TH030000002"]
+
+
+def test_the_development_pca_is_made_once_per_local_state(fresh_emulator, tmp_path):
+    """`make cdf-api` asks for it at every start: the same PCA, and one CA of it in IoT, each time."""
+    from include.settings import Settings
+    from scripts.bootstrap import development_pca
+
+    pca, iot = fresh_emulator.client("acm-pca"), fresh_emulator.client("iot")
+    settings = Settings(inventory_url=f"sqlite:///{tmp_path / 'inventory.db'}")
+    first = development_pca(pca, iot, tmp_path, settings)
+    assert development_pca(pca, iot, tmp_path, settings) == first
+    assert len(pca.list_certificate_authorities()["CertificateAuthorities"]) == 1
+    registered = [ca["certificateArn"] for ca in iot.list_ca_certificates()["certificates"]]
+    assert registered == [first[1]]
