@@ -71,13 +71,18 @@ _RESULTS = staging_table(
 RESULT_FIELDS = tuple(c.name for c in _RESULTS.columns)
 
 
-def _update_driven_by_stage(staged: sa.Table, conditions: list[Any], values: dict[str, Any]) -> sa.Update:
-    """Row outcomes of the staged manifest rows, for SQLite: each staged row finds its outcome by primary key.
+def _update_outcomes_from_stage(
+    connection: Connection, staged: sa.Table, conditions: list[Any], values: dict[str, Any]
+) -> sa.Update:
+    """The row outcomes of the staged manifest rows (and `conditions`) set to `values`.
 
-    UPDATE ... FROM walks every row of the run (or the batch) to probe the staged ones: a million rows for
-    ten refused devices, or for a large batch's first unit.
+    PostgreSQL plans UPDATE ... FROM from its statistics (a hash join on the staged rows). SQLite would walk
+    every row of the run (or the batch) to probe the staged ones, a million rows for ten refused devices or
+    for a large batch's first unit: there each staged row finds its outcome by primary key.
     """
     by_row = staged.c.manifest_row == row_outcomes.c.manifest_row
+    if connection.dialect.name != "sqlite":
+        return sa.update(row_outcomes).where(*conditions, by_row).values(**values)
     return (
         sa.update(row_outcomes)
         .where(*conditions, row_outcomes.c.manifest_row.in_(sa.select(staged.c.manifest_row)))
@@ -124,19 +129,10 @@ class DeviceRecords:
                 # With no statistics SQLite prefers the (run_id, outcome) index: the outcome test is kept
                 # out of index use (`+`).
                 pending = sa.text("+row_outcomes.outcome = :pending").bindparams(pending=PENDING)
-                statement = _update_driven_by_stage(
-                    _RESULTS, [row_outcomes.c.run_id.in_(real_runs), pending], values
-                )
-            else:  # PostgreSQL plans the join from its statistics (a hash join on the staged rows)
-                statement = (
-                    sa.update(row_outcomes)
-                    .where(
-                        row_outcomes.c.outcome == PENDING,
-                        row_outcomes.c.run_id.in_(real_runs),
-                        row_outcomes.c.manifest_row == stage_.manifest_row,
-                    )
-                    .values(**values)
-                )
+            else:
+                pending = row_outcomes.c.outcome == PENDING
+            conditions = [pending, row_outcomes.c.run_id.in_(real_runs)]
+            statement = _update_outcomes_from_stage(connection, _RESULTS, conditions, values)
             connection.execute(statement.values(updated_at=utcnow()))
             _RESULTS.drop(connection)
         return count
@@ -321,16 +317,8 @@ class DeviceRecords:
         values = {name: stage_[name] for name in names}
         with self.engine.begin() as connection:
             count = stage(connection, _OUTCOMES, rows)
-            if connection.dialect.name == "sqlite":
-                statement = _update_driven_by_stage(_OUTCOMES, [row_outcomes.c.run_id == run_id], values)
-            else:
-                statement = (
-                    sa.update(row_outcomes)
-                    .where(
-                        row_outcomes.c.run_id == run_id, row_outcomes.c.manifest_row == stage_.manifest_row
-                    )
-                    .values(**values)
-                )
+            conditions = [row_outcomes.c.run_id == run_id]
+            statement = _update_outcomes_from_stage(connection, _OUTCOMES, conditions, values)
             connection.execute(statement.values(updated_at=utcnow()))
             _OUTCOMES.drop(connection)
         return count

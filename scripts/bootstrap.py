@@ -338,12 +338,10 @@ def _create_root_pca(pca: Any) -> str:
     return arn
 
 
-def development_pca(
-    pca: Any, iot: Any, local_state: Path, settings: Settings, arn: str | None = None
-) -> tuple[str, str]:
-    """(ACM PCA ARN, IoT CA certificate ARN) of the local state's development PCA (made once, kept in
-    $STATE_DIR/ca like bootstrap's): what `make cdf-api` names `dev` for the CDF API's PCA modes."""
-    arn, pem, _ = ensure_acm_pca(pca, iot, local_state / "ca", arn or settings.acm_pca_arn, create=True)
+def development_pca(pca: Any, iot: Any, local_state: Path, settings: Settings) -> tuple[str, str]:
+    """(ACM PCA ARN, IoT CA certificate ARN) of the local state's development PCA, bootstrap's (made once,
+    kept in $STATE_DIR/ca): what `make cdf-api` names `dev` for the CDF API's PCA modes."""
+    arn, pem, _ = ensure_acm_pca(pca, iot, local_state / "ca", settings.acm_pca_arn, create=True)
     assert arn is not None and pem is not None  # made when missing (create=True)
     described = iot.describe_ca_certificate(certificateId=certificate_id_from_pem(pem))
     return arn, described["certificateDescription"]["certificateArn"]

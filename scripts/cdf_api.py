@@ -58,11 +58,11 @@ def serve(state_dir: Path, host: str, port: int, endpoint: str) -> None:
 
     say("bootstrapping the account (bucket, CA, types, groups, policies)")
     settings = Settings.from_env()
-    report = bootstrap(endpoint_url=endpoint, local_state=state_dir, settings=settings, region="us-east-1")
+    bootstrap(endpoint_url=endpoint, local_state=state_dir, settings=settings, region="us-east-1")
     session = boto3.session.Session(region_name="us-east-1")
     iot, s3, acm_pca = (session.client(n, endpoint_url=endpoint) for n in ("iot", "s3", "acm-pca"))
     # The same PCA on every start (a new one each time would register one more CA in IoT per start).
-    pca_arn, pca_ca_arn = development_pca(acm_pca, iot, state_dir, settings, report.get("acm_pca_arn"))
+    pca_arn, pca_ca_arn = development_pca(acm_pca, iot, state_dir, settings)
     os.environ.setdefault("CDF_PCA_DEV", pca_arn)
     os.environ.setdefault("CDF_CA_DEV", pca_ca_arn)
     config = CdfConfig.from_env(settings)

@@ -354,7 +354,7 @@ def _last_exception(log_path: Path) -> str:
     return f": {found.group(1)}: {found.group(2)}" if found else ""
 
 
-def _failed(tasks: list[str], log_path: Path) -> str:
+def _failed(tasks: list[str]) -> str:
     return f"tasks {', '.join(tasks)} failed" if tasks else "the run failed before any task did"
 
 
@@ -368,7 +368,7 @@ def dag_result(dag_id: str, succeeded: bool, log_path: Path, after: int) -> tupl
         summary = run_summary(Settings.from_env(), run_id) or {"run_id": run_id, "rows": 0, "accounted": True}
         if not succeeded:
             summary.setdefault("error", None)
-            summary["error"] = summary["error"] or f"{_failed(failed, log_path)}; see {log_path}"
+            summary["error"] = summary["error"] or f"{_failed(failed)}; see {log_path}"
             summary["state"] = state
         return summary, summary.get("error") if not succeeded else None
     leaves = leaf_tasks(dag_id)
@@ -377,7 +377,7 @@ def dag_result(dag_id: str, succeeded: bool, log_path: Path, after: int) -> tupl
     if not isinstance(result, dict):
         result = {"result": result}
     if not succeeded:
-        error = f"{_failed(failed, log_path)}{_last_exception(log_path)}; see {log_path}"
+        error = f"{_failed(failed)}{_last_exception(log_path)}; see {log_path}"
         return {"dag_id": dag_id, "run_id": run_id, "state": state, "error": error, **result}, error
     return result, None
 
@@ -385,13 +385,19 @@ def dag_result(dag_id: str, succeeded: bool, log_path: Path, after: int) -> tupl
 def _refused(dag_id: str, conf: dict[str, Any], error: str, code: int) -> int:
     """A run that could not start or whose result cannot be read: the reason, and still the JSON line last
     (for a batch, the summary's shape: nothing read, so nothing unaccounted)."""
-    print(f"[run] FAILED: {error}", file=sys.stderr, flush=True)
     if dag_id == DAG_ID:
         result = {"source": conf.get("manifest"), "rows": 0, "accounted": True, "error": error}
     else:
         result = {"dag_id": dag_id, "error": error}
-    print(json.dumps(result), flush=True)
+    _print_result(result, error)
     return code
+
+
+def _print_result(result: dict[str, Any], error: str | None) -> None:
+    """The reason of a failure on stderr, then the result as one JSON line, the last of stdout."""
+    if error:
+        print(f"[run] FAILED: {error}", file=sys.stderr, flush=True)
+    print(json.dumps(result, sort_keys=True, default=str), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -451,9 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("[run] interrupted", file=sys.stderr)
         return 130
-    if error:
-        print(f"[run] FAILED: {error}", file=sys.stderr, flush=True)
-    print(json.dumps(result, sort_keys=True, default=str), flush=True)
+    _print_result(result, error)
     return 1 if error else 0
 
 

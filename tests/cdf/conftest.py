@@ -113,11 +113,11 @@ def cdf_api(emulator: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             chunk_size=2500,
             workers=2,
         )
-        report = bootstrap(
+        bootstrap(
             endpoint_url=emulator.endpoint_url, local_state=state_dir, settings=settings, region="us-east-1"
         )
         iot, s3, acm_pca = emulator.client("iot"), emulator.client("s3"), emulator.client("acm-pca")
-        pca_arn, pca_ca_arn = development_pca(acm_pca, iot, state_dir, settings, report.get("acm_pca_arn"))
+        pca_arn, pca_ca_arn = development_pca(acm_pca, iot, state_dir, settings)
         config = CdfConfig(
             settings=settings,
             templates_bucket=settings.bucket,
