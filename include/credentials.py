@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
@@ -343,18 +343,35 @@ def issue_chunk(
     ca_private_key_pem: str,
     *,
     workers: int = 1,
+    bundle: Callable[[key_bundle.Entries], None] | None = None,
 ) -> ChunkOutput:
     """Credentials, parameter lines, ledger and bundle plaintext for a chunk's devices.
 
     `devices`: row (int64), model, serial_number, thing_name, csr (null without one), and a string column
     per manifest column a product maps to an attribute. Small chunks (or workers=1) run in this process.
+    `bundle`, when given, takes each slice's key-bundle entries, in order, as soon as the slice is done (the
+    caller seals them while the workers issue the rest); the output's bundle is then empty.
     """
     _authority(ca_certificate_pem, ca_private_key_pem)  # fail fast, in this process, on a bad CA
     useful = _workers_for(devices.num_rows, workers)
     if useful == 1:
-        return issue_devices(devices, products, ca_certificate_pem, ca_private_key_pem)
-    count = useful * SLICES_PER_WORKER
-    size = -(-devices.num_rows // count)
-    slices = [devices.slice(start, size) for start in range(0, devices.num_rows, size)]
-    outputs = _run_slices(slices, dict(products), ca_certificate_pem, ca_private_key_pem, workers)
+        outputs: Iterable[ChunkOutput] = [
+            issue_devices(devices, products, ca_certificate_pem, ca_private_key_pem)
+        ]
+    else:
+        count = useful * SLICES_PER_WORKER
+        size = -(-devices.num_rows // count)
+        slices = [devices.slice(start, size) for start in range(0, devices.num_rows, size)]
+        outputs = _run_slices(slices, dict(products), ca_certificate_pem, ca_private_key_pem, workers)
+    if bundle is not None:
+        outputs = _bundle_handed_to(bundle, outputs)
     return merge(list(outputs))
+
+
+def _bundle_handed_to(
+    bundle: Callable[[key_bundle.Entries], None], outputs: Iterable[ChunkOutput]
+) -> Iterator[ChunkOutput]:
+    for output in outputs:
+        bundle(output.bundle)
+        output.bundle = key_bundle.Entries()
+        yield output

@@ -7,7 +7,8 @@ is a POSIX tar of the chunk's key files (include/key_bundle_archive.py has the l
 
 The tar is encrypted once per chunk with a random AES-256-CBC key, wrapped for each recipient certificate
 (RSA key transport; include/key_bundle_cms.py). Per device there is only archive framing, done in the
-credentials workers (`device_entry`, joined per slice as `Entries`); the parent seals (`seal_payload`).
+credentials workers (`device_entry`, joined per slice as `Entries`); the parent seals each slice's entries
+as they arrive (`BundleWriter`; `seal_payload` for entries already whole).
 
 `python -m include.key_bundle` opens bundles without openssl too (and the former FKB1 files,
 include/key_bundle_fkb1.py): `info`, `open`, `convert` (FKB1 to CMS) and `keygen` (a development pair).
@@ -39,6 +40,7 @@ from include.key_bundle_cms import load_recipient
 
 __all__ = [
     "BUNDLE_SUFFIX",
+    "BundleWriter",
     "CONTENT_TYPE",
     "Entries",
     "bundle_info",
@@ -61,12 +63,38 @@ RECIPIENT_RSA_BITS = 3072
 RECIPIENT_VALIDITY = dt.timedelta(days=3650)
 
 
+class BundleWriter:
+    """A chunk's bundle sealed as its device entries arrive (`add`, in device order), closed by `finish`.
+
+    Each part's tar members are encrypted at once and dropped; only the index lines wait for the end.
+    """
+
+    def __init__(self, recipient_pem: str | bytes, *, batch_id: str, chunk: int) -> None:
+        self._envelope = cms.Envelope(load_recipient(recipient_pem))
+        created_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        self._meta = {"batch_id": batch_id, "chunk": chunk, "created_at": created_at}
+        self._index: list[bytes] = []
+        self.count = 0
+
+    def add(self, entries: Entries) -> None:
+        self._envelope.update(entries.members)
+        self._index.append(entries.index)
+        self.count += entries.count
+
+    def finish(self) -> bytes:
+        """The bundle (CMS DER)."""
+        self._envelope.update(archive.closing(b"".join(self._index), self.count, self._meta))
+        return b"".join(self._envelope.finish())
+
+    def __repr__(self) -> str:  # never show what it holds
+        return f"BundleWriter(count={self.count})"
+
+
 def seal_payload(entries: Entries, recipient_pem: str | bytes, *, batch_id: str, chunk: int) -> bytes:
     """The bundle (CMS DER) of the device entries, encrypted once."""
-    recipients = load_recipient(recipient_pem)
-    created_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    plaintext = archive.archive(entries, {"batch_id": batch_id, "chunk": chunk, "created_at": created_at})
-    return cms.envelope(plaintext, recipients)
+    writer = BundleWriter(recipient_pem, batch_id=batch_id, chunk=chunk)
+    writer.add(entries)
+    return writer.finish()
 
 
 def _entries(records: Iterable[dict[str, Any]]) -> Entries:

@@ -1,14 +1,17 @@
 """The key bundle's plaintext: a POSIX tar of per-device key (and certificate) files with an index.csv.
 
-Layout (flat, so `tar -x` and `python -m include.key_bundle open` write the same tree):
+Layout (flat, so `tar -x` and `python -m include.key_bundle open` write the same tree), in this order:
 
-    bundle.json              {"format": "factory-key-bundle", "version": 2, "batch_id", "chunk", "count",
-                              "created_at"}
+    <stem>.key.pem           the device's unencrypted PKCS#8 private key, mode 0600
+    <stem>.cert.pem          its certificate, when it existed at sealing time
     index.csv                thing_name, serial_number, model, row, certificate_id, key_file,
                              certificate_file (one line per device; certificate columns empty when the
                              certificate did not exist yet at sealing time)
-    <stem>.key.pem           the device's unencrypted PKCS#8 private key, mode 0600
-    <stem>.cert.pem          its certificate, when it existed at sealing time
+    bundle.json              {"format": "factory-key-bundle", "version": 2, "batch_id", "chunk", "count",
+                              "created_at"}
+
+index.csv and bundle.json come last because they count what was sealed, and the device files are encrypted
+as the workers hand them over, before the chunk's last device exists.
 
 <stem> is `file_stem(thing_name)`: the thing name itself when it is made of [A-Za-z0-9_-] and does not
 start with "-" (else a safe name plus a digest), so a certificates archive written later
@@ -16,7 +19,7 @@ start with "-" (else a safe name plus a digest), so a certificates archive writt
 
 The worker processes build each device's index line and tar members (`device_entry`) and hand them over
 joined per slice (`Entries`: the index lines in one bytes object, the members in another), so the parent
-writes bundle.json and index.csv in front and joins (`archive`), with no per-device work.
+only appends index.csv and bundle.json (`closing`), with no per-device work.
 """
 
 from __future__ import annotations
@@ -186,19 +189,22 @@ class Entries:
         return f"Entries(count={self.count})"
 
 
-def archive(entries: Entries, meta: dict[str, Any]) -> bytes:
-    """The tar of the device entries, with bundle.json and index.csv in front."""
+def closing(index: bytes, count: int, meta: dict[str, Any]) -> bytes:
+    """What follows the device members: index.csv (its lines joined), bundle.json, the end of the archive."""
     mtime = int(time.time())
-    document = {"format": FORMAT, "version": VERSION, **meta, "count": entries.count}
-    index = write_csv(INDEX_COLUMNS, []) + entries.index
+    document = {"format": FORMAT, "version": VERSION, **meta, "count": count}
     return b"".join(
         [
+            member(INDEX_FILE, write_csv(INDEX_COLUMNS, []) + index, FILE_MODE, mtime),
             member(META_FILE, json.dumps(document, indent=2).encode() + b"\n", FILE_MODE, mtime),
-            member(INDEX_FILE, index, FILE_MODE, mtime),
-            entries.members,
             END_OF_ARCHIVE,
         ]
     )
+
+
+def archive(entries: Entries, meta: dict[str, Any]) -> bytes:
+    """The tar of the device entries, closed by index.csv and bundle.json."""
+    return entries.members + closing(entries.index, entries.count, meta)
 
 
 def certificates_archive(certificates: Iterable[tuple[str, str, str]]) -> bytes:

@@ -4,16 +4,21 @@ The archive is encrypted once with a random AES-256-CBC key, which is wrapped (R
 transport: what cryptography's PKCS7EnvelopeBuilder writes) for each recipient certificate: one for the
 factory line, two while it rotates its key. The recipient is named by issuer and serial number, so the
 pipeline needs the line's X.509 certificate (self-signed is fine), not only its public key.
+
+`Envelope` writes the builder's DER, byte for byte but for the random key, IV and ciphertext, from
+plaintext that arrives in pieces: the builder wants the whole plaintext at once, so a chunk's archive would
+be encrypted only once every worker is done. Encrypted as each slice arrives, it overlaps their work.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.ciphers import algorithms
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from include.errors import KeyBundleError
@@ -36,6 +41,13 @@ _OIDS = {
     bytes.fromhex("550406"): "C",
 }
 _ENVELOPED_DATA = bytes.fromhex("06092a864886f70d010703")  # the OID's full TLV, right after ContentInfo's
+# Full TLVs of what the builder writes around the variable parts: version 0, rsaEncryption with NULL
+# parameters, the content type data, the aes-256-cbc OID.
+_VERSION_0 = bytes.fromhex("020100")
+_RSA_ENCRYPTION = bytes.fromhex("300d06092a864886f70d0101010500")
+_DATA = bytes.fromhex("06092a864886f70d010701")
+_AES_256_CBC = bytes.fromhex("060960864801650304012a")
+BLOCK = 16
 
 
 def load_recipient(pem: str | bytes) -> list[x509.Certificate]:
@@ -69,14 +81,76 @@ def load_recipient(pem: str | bytes) -> list[x509.Certificate]:
     return certificates
 
 
+def _head(tag: int, length: int) -> bytes:
+    """A DER tag and definite length."""
+    if length < 0x80:
+        return bytes((tag, length))
+    octets = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(octets))) + octets
+
+
+def _tlv_of(tag: int, content: bytes) -> bytes:
+    return _head(tag, len(content)) + content
+
+
+def _recipient_info(certificate: x509.Certificate, key: bytes) -> bytes:
+    """KeyTransRecipientInfo: version 0, issuer and serial number, the key wrapped with RSA PKCS#1 v1.5."""
+    public_key = certificate.public_key()
+    assert isinstance(public_key, rsa.RSAPublicKey)  # load_recipient admits nothing else
+    serial = certificate.serial_number
+    serial_der = _tlv_of(0x02, serial.to_bytes((serial.bit_length() + 8) // 8, "big", signed=True))
+    rid = _tlv_of(0x30, certificate.issuer.public_bytes() + serial_der)
+    wrapped = _tlv_of(0x04, public_key.encrypt(key, padding.PKCS1v15()))
+    return _tlv_of(0x30, _VERSION_0 + rid + _RSA_ENCRYPTION + wrapped)
+
+
+class Envelope:
+    """EnvelopedData for the recipients, its plaintext given piece by piece (`update`), its DER at `finish`.
+
+    A fresh AES-256 key and IV per envelope; only the ciphertext is kept.
+    """
+
+    def __init__(self, recipients: list[x509.Certificate]) -> None:
+        if not recipients:
+            raise KeyBundleError("a bundle needs at least one recipient certificate")
+        key, self._iv = os.urandom(32), os.urandom(BLOCK)
+        # DER orders a SET OF by the members' encodings, as the builder does.
+        self._recipients = b"".join(sorted(_recipient_info(c, key) for c in recipients))
+        self._encryptor = Cipher(algorithms.AES256(key), modes.CBC(self._iv)).encryptor()
+        self._ciphertext: list[bytes] = []
+        self._plaintext_bytes = 0
+
+    def update(self, data: bytes) -> None:
+        """Encrypt the next piece (CBC keeps a partial block for the next one)."""
+        self._plaintext_bytes += len(data)
+        self._ciphertext.append(self._encryptor.update(data))
+
+    def finish(self) -> list[bytes]:
+        """The DER as pieces to send in order: the header, then the ciphertext (PKCS#7-padded)."""
+        padding_bytes = BLOCK - self._plaintext_bytes % BLOCK
+        self._ciphertext.append(
+            self._encryptor.update(bytes([padding_bytes]) * padding_bytes) + self._encryptor.finalize()
+        )
+        content = sum(map(len, self._ciphertext))
+        algorithm = _tlv_of(0x30, _AES_256_CBC + _tlv_of(0x04, self._iv))
+        content_info = _DATA + algorithm + _head(0x80, content)  # [0] IMPLICIT OCTET STRING
+        enveloped = (
+            _VERSION_0
+            + _tlv_of(0x31, self._recipients)
+            + _head(0x30, len(content_info) + content)
+            + content_info
+        )
+        enveloped = _head(0x30, len(enveloped) + content) + enveloped
+        explicit = _head(0xA0, len(enveloped) + content) + enveloped
+        header = _head(0x30, len(_ENVELOPED_DATA) + len(explicit) + content) + _ENVELOPED_DATA + explicit
+        return [header, *self._ciphertext]
+
+
 def envelope(plaintext: bytes, recipients: list[x509.Certificate]) -> bytes:
     """The plaintext encrypted once (AES-256-CBC) for every recipient, as DER."""
-    builder = pkcs7.PKCS7EnvelopeBuilder().set_data(plaintext)
-    for certificate in recipients:
-        builder = builder.add_recipient(certificate)
-    builder = builder.set_content_encryption_algorithm(algorithms.AES256)
-    # Binary: without it the builder turns every LF into CRLF, which would corrupt the tar.
-    return builder.encrypt(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
+    sealed = Envelope(recipients)
+    sealed.update(plaintext)
+    return b"".join(sealed.finish())
 
 
 def is_envelope(data: bytes) -> bool:

@@ -58,31 +58,33 @@ def issue_credentials(
         recipient = read_text_setting(
             s3, settings.bundle_recipient_public_key, "bundle recipient certificate"
         )
-        key_bundle.load_recipient(recipient)  # fail before the expensive work
+        # Loads the recipient (failing before the expensive work); seals each slice as the workers finish it.
+        bundle = key_bundle.BundleWriter(recipient, batch_id=batch.batch_id, chunk=chunk.index)
         catalog = load_catalog(settings.catalog_path)
         devices = get_table(s3, settings.bucket, files.chunk_devices(chunk.index))
         counter["devices"] = devices.num_rows
         products = {model: ProductSpec.of(p) for model, p in catalog.products.items()}
         output = issue_chunk(
-            devices, products, ca_certificate_pem, ca_private_key_pem, workers=settings.workers
+            devices,
+            products,
+            ca_certificate_pem,
+            ca_private_key_pem,
+            workers=settings.workers,
+            bundle=bundle.add,
         )
         spec = next(p for p in products.values() if p.group == chunk.group)
         output = complete_chunk(output, spec, iot=iot, acm_pca=acm_pca, pca_arn=settings.acm_pca_arn)
         issuer = _issuer(spec.mode, ca_certificate_pem, settings)
         bundle_key = None
         params = output.params.get(chunk.group, b"")
-        # The parameter lines go up while the bundle is sealed and sent; the ledger, which says the chunk
+        # The parameter lines go up while the bundle is closed and sent; the ledger, which says the chunk
         # is complete, only after both.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-params") as upload:
             params_key = files.chunk_params(chunk.index)
             params_sent = upload.submit(put_bytes, s3, settings.bucket, params_key, params, NDJSON)
-            if output.sealed:
-                sealed = key_bundle.seal_payload(
-                    output.bundle, recipient, batch_id=batch.batch_id, chunk=chunk.index
-                )
-                output.bundle = key_bundle.Entries()
+            if bundle.count:
                 bundle_key = put_bytes(
-                    s3, settings.bucket, files.bundle(chunk.index), sealed, key_bundle.CONTENT_TYPE
+                    s3, settings.bucket, files.bundle(chunk.index), bundle.finish(), key_bundle.CONTENT_TYPE
                 )
             params_sent.result()
         ledger = _chunk_ledger(devices, output.ledger, issuer)

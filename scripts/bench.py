@@ -134,7 +134,7 @@ class _Timing:
         if exc[0] is None:
             note(f"{self.stage.name}: {self.stage.devices:,} devices in {self.stage.seconds:.2f} s")
         if self.profiler:  # its overhead is in the figures above: profile runs are for finding, not quoting
-            pstats.Stats(self.profiler, stream=sys.stderr).sort_stats("tottime").print_stats(30)
+            pstats.Stats(self.profiler, stream=sys.stderr).sort_stats(os.environ.get("BENCH_PROFILE_SORT", "tottime")).print_stats(30)
 
 
 def cpu_seconds() -> float:
@@ -617,10 +617,13 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['stage']} {r['server_cpu_us_per_device']:.1f} µs" for r in rows_ if r["devices"]
                 )
             )
-        if mix is not None:
+        if mix is not None and credentials.devices:
+            cpu_us = credentials.cpu_seconds / credentials.devices * 1e6
             print(
-                f"credentials vs this manifest's mix floor ({csr_share:.0%} device CSRs) on "
-                f"{credentials.cores} cores: {credentials.per_second / (mix * credentials.cores):.2f} × floor"
+                f"credentials vs this manifest's mix floor ({csr_share:.0%} device CSRs, {1e6 / mix:.1f} µs "
+                f"per device) on {credentials.cores} cores: wall rate "
+                f"{credentials.per_second / (mix * credentials.cores):.2f} × floor, CPU per device "
+                f"{cpu_us * mix / 1e6:.2f} × floor"
             )
         pipeline_side = pipeline_side_figures(watch.stages, args.devices, mix or floor.per_second, memory)
         print(

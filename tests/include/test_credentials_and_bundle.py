@@ -125,6 +125,24 @@ def test_chunk_in_order_keys_match_certificates(ca, workers):
     assert "PRIVATE" not in repr(output) and "BEGIN" not in repr(output)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_bundle_is_handed_over_slice_by_slice_in_device_order(ca, workers):
+    parts: list[key_bundle_archive.Entries] = []
+    output = issue_chunk(
+        _devices(600),
+        PRODUCTS,
+        ca.certificate_pem,
+        ca.private_key_pem(),
+        workers=workers,
+        bundle=parts.append,
+    )
+    assert output.bundle.count == 0 and output.ledger.num_rows == 600  # the entries went to the caller
+    assert len(parts) == (1 if workers == 1 else 2 * credentials.SLICES_PER_WORKER)
+    whole = dataclasses.replace(output, bundle=key_bundle_archive.Entries.join(parts))
+    rows = [e["row"] for e in output.ledger.to_pylist() if e["group"] == "TH-100"]
+    assert [b["row"] for b in _bundle(whole)] == rows and sum(p.count for p in parts) == 540
+
+
 def _broken_csrs() -> dict[str, str]:
     weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - refused on purpose
     good = x509.load_pem_x509_csr(device_csr("GW-200-BAD").encode())

@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import hashlib
 import io
+import itertools
 import json
 import os
 import stat
@@ -18,14 +19,16 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
 from include import key_bundle
 from include.errors import KeyBundleError
 from include.key_bundle_archive import Entries, archive, device_entry, file_stem, meta, read_archive, records
-from include.key_bundle_cms import open_envelope
+from include.key_bundle_cms import Envelope, _children, _tlv, envelope, load_recipient, open_envelope
 from scripts.bootstrap import ensure_factory_line_keys
 
 
@@ -109,7 +112,7 @@ def test_the_archive_layout(line):
         members = {m.name: m for m in opened.getmembers()}
         meta = json.loads(opened.extractfile("bundle.json").read())
         index = opened.extractfile("index.csv").read().decode()
-    assert list(members)[:2] == ["bundle.json", "index.csv"]
+    assert list(members)[-2:] == ["index.csv", "bundle.json"]  # they count what came before
     assert {k: meta[k] for k in ("format", "version", "batch_id", "chunk", "count")} == {
         "format": "factory-key-bundle",
         "version": 2,
@@ -193,6 +196,67 @@ def test_two_recipients_either_opens(line, other_line):
     for key_path, certificate_path in (line, other_line):
         opened = key_bundle.open_bundle(sealed, key_path.read_bytes(), certificate_path.read_bytes())
         assert list(opened) == RECORDS[:1]
+
+
+def _entry(record: dict) -> tuple[bytes, bytes]:
+    fields = ("thing_name", "serial_number", "model", "row", "certificate_id", "certificate_pem")
+    return device_entry(*(record[f] for f in fields), record["private_key_pem"].encode())
+
+
+def _masked(der: bytes) -> bytes:
+    """The DER with its random parts zeroed: each wrapped key, the IV and the ciphertext."""
+    data = bytearray(der)
+
+    def zero(element: tuple[int, int, int]) -> None:
+        data[element[1] : element[2]] = bytes(element[2] - element[1])
+
+    _, start, end = _tlv(der, 0)
+    _, start, end = _tlv(der, _children(der, start, end)[1][1])
+    _, recipients, content = _children(der, start, end)
+    for _, r_start, r_end in _children(der, recipients[1], recipients[2]):
+        zero(_children(der, r_start, r_end)[3])
+    _, algorithm, ciphertext = _children(der, content[1], content[2])
+    zero(_children(der, algorithm[1], algorithm[2])[1])
+    zero(ciphertext)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 127, 128, 255, 256, 65_535, 65_536, 1_000_003])
+def test_the_envelope_is_the_builders_der_but_for_its_random_parts(line, other_line, size):
+    plaintext = os.urandom(size)
+    both = load_recipient(line[1].read_bytes() + other_line[1].read_bytes())
+    for recipients in (both[:1], both, both[::-1]):
+        builder = pkcs7.PKCS7EnvelopeBuilder().set_data(plaintext)
+        for certificate in recipients:
+            builder = builder.add_recipient(certificate)
+        builder = builder.set_content_encryption_algorithm(algorithms.AES256)
+        theirs = builder.encrypt(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
+        ours = envelope(plaintext, recipients)
+        assert _masked(ours) == _masked(theirs) and ours != theirs
+        certificate = x509.load_pem_x509_certificate(line[1].read_bytes())
+        private_key = serialization.load_pem_private_key(line[0].read_bytes(), None)
+        assert pkcs7.pkcs7_decrypt_der(ours, certificate, private_key, []) == plaintext
+
+
+def test_the_envelope_takes_its_plaintext_in_any_pieces(line):
+    plaintext = os.urandom(10_000)
+    cuts = [0, 1, 16, 17, 33, 1_000, 1_000, 4_097, 9_999, 10_000]
+    sealed = Envelope(load_recipient(line[1].read_bytes()))
+    for start, end in itertools.pairwise(cuts):
+        sealed.update(plaintext[start:end])
+    der = b"".join(sealed.finish())
+    assert open_envelope(der, line[0].read_bytes(), line[1].read_bytes()) == plaintext
+    with pytest.raises(KeyBundleError, match="at least one recipient"):
+        Envelope([])
+
+
+def test_a_bundle_written_part_by_part_holds_every_part_in_order(line):
+    writer = key_bundle.BundleWriter(line[1].read_bytes(), batch_id="b", chunk=7)
+    for part in (RECORDS[:2], [], RECORDS[2:]):
+        writer.add(Entries.of([_entry(r) for r in part]))
+    assert writer.count == len(RECORDS) and "PRIVATE" not in repr(writer)
+    opened = key_bundle.open_bundle(writer.finish(), line[0].read_bytes(), line[1].read_bytes())
+    assert list(opened) == RECORDS
 
 
 def test_wrong_key_mismatch_and_tampering_are_refused(line, other_line):

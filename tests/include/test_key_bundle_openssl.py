@@ -63,9 +63,10 @@ def chunk(tmp_path_factory) -> dict:
             "csr": pa.array([None] * len(DEVICES), pa.string()),
         }
     )
-    output = issue_chunk(devices, PRODUCTS, ca.certificate_pem, ca.private_key_pem())
-    assert output.sealed == len(DEVICES) and not output.failures
-    sealed = key_bundle.seal_payload(output.bundle, certificate_path.read_bytes(), batch_id="b", chunk=0)
+    writer = key_bundle.BundleWriter(certificate_path.read_bytes(), batch_id="b", chunk=0)
+    output = issue_chunk(devices, PRODUCTS, ca.certificate_pem, ca.private_key_pem(), bundle=writer.add)
+    assert writer.count == len(DEVICES) and not output.failures
+    sealed = writer.finish()
     bundle = directory / "chunk-00000.tar.p7m"
     bundle.write_bytes(sealed)
     return {"bundle": bundle, "key": key_path, "certificate": certificate_path, "directory": directory}
