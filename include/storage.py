@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import re
-import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -93,17 +93,39 @@ def put_bytes(
     return key
 
 
+class _Concatenation(io.RawIOBase):
+    """Byte parts read as one non-seekable stream, consumed as the upload asks (nothing spooled)."""
+
+    def __init__(self, parts: Iterable[bytes]) -> None:
+        self._parts = iter(parts)
+        self._current = memoryview(b"")
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._current:
+            part = next(self._parts, None)
+            if part is None:
+                return 0
+            self._current = memoryview(part)
+            self.size += len(part)
+        count = min(len(buffer), len(self._current))
+        buffer[:count] = self._current[:count]
+        self._current = self._current[count:]
+        return count
+
+
 def upload_stream(s3: Any, bucket: str, key: str, parts: Iterable[bytes]) -> int:
-    """Upload the concatenation of parts through a spooled temporary file (multipart when large)."""
-    size = 0
-    with tempfile.SpooledTemporaryFile(max_size=32 * 1024 * 1024) as spool:
-        handle: IO[bytes] = spool  # type: ignore[assignment]
-        for part in parts:
-            handle.write(part)
-            size += len(part)
-        handle.seek(0)
-        s3.upload_fileobj(handle, bucket, key)
-    return size
+    """Upload the concatenation of parts as they come (multipart when large); returns its size.
+
+    A part that fails to arrive fails the upload, and no object is written (the multipart upload is aborted).
+    """
+    stream = _Concatenation(parts)
+    # Not seekable: s3transfer reads one part's worth at a time, a few parts in flight.
+    s3.upload_fileobj(io.BufferedReader(stream, buffer_size=1024 * 1024), bucket, key)
+    return stream.size
 
 
 def put_table(s3: Any, bucket: str, key: str, table: pa.Table) -> str:

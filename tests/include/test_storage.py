@@ -61,3 +61,19 @@ def test_a_missing_part_fails_with_its_key_and_the_parameter_file_is_not_written
         upload_stream(s3_client, bucket, "p/joined", parts)
     with pytest.raises(SourceError):
         get_bytes(s3_client, bucket, "p/joined")
+
+
+def test_a_large_stream_goes_up_in_parts_as_it_comes_and_a_failure_leaves_no_object(s3_client, bucket):
+    parts = [bytes([i]) * 3_000_001 for i in range(7)]  # 21 MB: a multipart upload of several parts
+    assert upload_stream(s3_client, bucket, "p/large", iter(parts)) == sum(map(len, parts))
+    assert get_bytes(s3_client, bucket, "p/large") == b"".join(parts)
+
+    def broken():
+        yield from parts[:5]
+        raise SourceError("s3://storage-test/p/5: NoSuchKey")
+
+    with pytest.raises(SourceError, match="p/5"):
+        upload_stream(s3_client, bucket, "p/broken", broken())
+    with pytest.raises(SourceError):
+        get_bytes(s3_client, bucket, "p/broken")
+    assert not s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")  # aborted, nothing left
