@@ -134,7 +134,9 @@ class _Timing:
         if exc[0] is None:
             note(f"{self.stage.name}: {self.stage.devices:,} devices in {self.stage.seconds:.2f} s")
         if self.profiler:  # its overhead is in the figures above: profile runs are for finding, not quoting
-            pstats.Stats(self.profiler, stream=sys.stderr).sort_stats(os.environ.get("BENCH_PROFILE_SORT", "tottime")).print_stats(30)
+            pstats.Stats(self.profiler, stream=sys.stderr).sort_stats(
+                os.environ.get("BENCH_PROFILE_SORT", "tottime")
+            ).print_stats(30)
 
 
 def cpu_seconds() -> float:
