@@ -91,8 +91,8 @@ class ChunkOutput:
 
     params: group -> its parameter-file lines in input order; ledger: one row per issued device in input
     order (row, group, bytes = length of its parameter line, certificate_id); bundle: the key bundle's
-    entries (include.key_bundle.Entries; private keys: only ever for key_bundle.seal_payload);
-    failures: (row, reason code, sentence) per device that got no credentials.
+    entries (include.key_bundle.Entries; private keys: only ever for key_bundle.BundleWriter or
+    seal_payload); failures: (row, reason code, sentence) per device that got no credentials.
     """
 
     params: dict[str, bytes]

@@ -172,7 +172,8 @@ def device_entry(
 class Entries:
     """Device entries of a bundle in device order: their index lines joined, their tar members joined.
 
-    Private keys inside: only ever for `archive` (and include.key_bundle.seal_payload); never shown.
+    Private keys inside: only ever for `archive` and include.key_bundle (BundleWriter, seal_payload); never
+    shown.
     """
 
     index: bytes = b""
