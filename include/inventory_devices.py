@@ -78,15 +78,18 @@ def _update_outcomes_from_stage(
 
     PostgreSQL plans UPDATE ... FROM from its statistics (a hash join on the staged rows). SQLite would walk
     every row of the run (or the batch) to probe the staged ones, a million rows for ten refused devices or
-    for a large batch's first unit: there each staged row finds its outcome by primary key.
+    for a large batch's first unit: there each staged row finds its outcome by primary key, and its new
+    values in one lookup of the staged table.
     """
     by_row = staged.c.manifest_row == row_outcomes.c.manifest_row
     if connection.dialect.name != "sqlite":
         return sa.update(row_outcomes).where(*conditions, by_row).values(**values)
+    # One row-value subquery for every column (SET (a, b) = (SELECT ...)), not one lookup per column.
+    targets = sa.tuple_(*(row_outcomes.c[name] for name in values))
     return (
         sa.update(row_outcomes)
         .where(*conditions, row_outcomes.c.manifest_row.in_(sa.select(staged.c.manifest_row)))
-        .values({name: sa.select(column).where(by_row).scalar_subquery() for name, column in values.items()})
+        .values({targets: sa.select(*values.values()).where(by_row).scalar_subquery()})
     )
 
 
