@@ -21,6 +21,10 @@ machine has its processes' CPU counted in every stage's (they do the inventory's
 cores/2 processes (inline on 2 cores), as `make cluster`'s two Celery workers of concurrency 1 do; the
 default runs them one after another on all cores, as `make run` does.
 
+The emulator's CPU is not the pipeline's (it stands for AWS), but here it runs on the same cores: it is
+printed apart per stage (`emulator_cpu_us_per_device` in the JSON line), which tells how much of a stage's
+wall time went to it.
+
 --profile prints cProfile's top functions by CPU time, of this process (not the credential workers), for
 each stage whose name starts with STAGE, to stderr.
 
@@ -31,23 +35,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import cProfile
 import csv
 import datetime as dt
 import json
 import multiprocessing
 import os
-import platform
-import pstats
-import resource
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +58,20 @@ from include.credentials import MIN_DEVICES_PER_WORKER
 from include.inventory import Inventory
 from include.inventory_schema import dispose_engines, scratch_schema
 from include.settings import Settings
-from scripts.bench_floor import Floor, busy_floor, device_csr_floor, own_key_floor
+from scripts import bench_measure
+from scripts.bench_floor import busy_floor, device_csr_floor, own_key_floor
+from scripts.bench_measure import (
+    EXCLUDED_PIDS,
+    MemoryPeak,
+    Stage,
+    Stopwatch,
+    cpu_seconds,
+    emulator_cpu_seconds,
+    machine,
+    note,
+    server_cpu_seconds,
+)
+from scripts.bench_report import figures, pipeline_side_figures, render
 from scripts.bootstrap import bootstrap
 from scripts.generate_manifest import HEADER, rows
 from scripts.run_local import emulator
@@ -69,189 +80,7 @@ REGION = "us-east-1"
 FLOOR_DEVICES = 5000
 CSR_FLOOR_DEVICES = 1000
 REGISTRATION_TIMEOUT = 3600.0
-EXCLUDED_PIDS: set[int] = set()  # the emulator's processes
-COUNT_POSTGRES = False  # the inventory is on a PostgreSQL server of this machine: its CPU is counted
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", None)
-PSS_EVERY = 10  # memory samples (0.1 s apart) per PSS reading
-_STARTED = time.perf_counter()
-
-
-def note(message: str) -> None:
-    """A progress line on stderr (stdout is kept for the table and the JSON line)."""
-    print(f"[bench {time.perf_counter() - _STARTED:7.1f}s] {message}", file=sys.stderr, flush=True)
-
-
-@dataclass
-class Stage:
-    """One measured stage: wall seconds for `devices` devices using `cores` cores."""
-
-    name: str
-    devices: int
-    seconds: float
-    cores: int = 1
-    cpu_seconds: float = 0.0  # this process (all threads, the emulator's too) + credential worker processes
-    worker_cpu_seconds: float = 0.0  # the credential worker processes alone
-    server_cpu_seconds: float = 0.0  # a local PostgreSQL inventory's server processes (in cpu_seconds too)
-
-    @property
-    def per_second(self) -> float:
-        return self.devices / self.seconds if self.seconds > 0 else float("inf")
-
-
-class Stopwatch:
-    """Collects stages in order; `with watch("name", devices) as stage:` times one."""
-
-    def __init__(self, profile: tuple[str, ...] = ()) -> None:
-        self.stages: list[Stage] = []
-        self.profile = profile  # stage name prefixes to run under cProfile
-
-    def __call__(self, name: str, devices: int = 0, cores: int = 1) -> _Timing:
-        stage = Stage(name, devices, 0.0, cores)
-        self.stages.append(stage)
-        profiled = any(name.startswith(prefix) for prefix in self.profile)
-        return _Timing(stage, cProfile.Profile(time.process_time) if profiled else None)
-
-
-class _Timing:
-    def __init__(self, stage: Stage, profiler: cProfile.Profile | None) -> None:
-        self.stage, self.profiler = stage, profiler
-
-    def __enter__(self) -> Stage:
-        note(f"{self.stage.name} ...")
-        self._start, self._cpu, self._children = time.perf_counter(), cpu_seconds(), children_cpu_seconds()
-        self._server = server_cpu_seconds()
-        if self.profiler:
-            self.profiler.enable()
-        return self.stage
-
-    def __exit__(self, *exc: object) -> None:
-        if self.profiler:
-            self.profiler.disable()
-        self.stage.seconds = time.perf_counter() - self._start
-        self.stage.cpu_seconds = cpu_seconds() - self._cpu
-        self.stage.worker_cpu_seconds = children_cpu_seconds() - self._children
-        self.stage.server_cpu_seconds = server_cpu_seconds() - self._server
-        if exc[0] is None:
-            note(f"{self.stage.name}: {self.stage.devices:,} devices in {self.stage.seconds:.2f} s")
-        if self.profiler:  # its overhead is in the figures above: profile runs are for finding, not quoting
-            pstats.Stats(self.profiler, stream=sys.stderr).sort_stats(
-                os.environ.get("BENCH_PROFILE_SORT", "tottime")
-            ).print_stats(30)
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process, of all its children (the credential pool lives across chunks) and of a
-    local PostgreSQL inventory's server."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    return own.ru_utime + own.ru_stime + children_cpu_seconds() + server_cpu_seconds()
-
-
-def server_cpu_seconds() -> float:
-    """The CPU of the PostgreSQL server's processes, when the inventory is on a server of this machine: its
-    work is the inventory's, which the pipeline asks for (a backend that ends within a stage takes its share
-    with it; the engine's pooled connections live across stages)."""
-    if not COUNT_POSTGRES:
-        return 0.0
-    total = 0.0
-    for process in psutil.process_iter(["name", "cpu_times"]):
-        times = process.info["cpu_times"]
-        if process.info["name"] in ("postgres", "postmaster") and times is not None:
-            total += times.user + times.system
-    return total
-
-
-def children_cpu_seconds() -> float:
-    """Children that ended (RUSAGE_CHILDREN) plus the ones still running (the worker pool), but the
-    emulator's: it stands for AWS."""
-    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
-    alive = 0.0
-    for child in psutil.Process().children(recursive=True):
-        if child.pid in EXCLUDED_PIDS:
-            continue
-        try:
-            times = child.cpu_times()
-        except psutil.Error:
-            continue
-        alive += times.user + times.system
-    return ended.ru_utime + ended.ru_stime + alive
-
-
-class MemoryPeak:
-    """The peak memory of this process and its children (but the emulator) together, sampled every
-    0.1 s (PSS every second).
-
-    Two sums: PSS (Linux's proportional set size: a page shared by k processes counts 1/k in each, so the
-    sum is what the machine really gave them, the figure the memory goal is read on) and RSS (a shared page
-    counts in every process: the forked credential workers share the parent's pages, so this is an upper
-    bound). PSS comes from /proc/PID/smaps_rollup; where it cannot be read, RSS stands in for it.
-    """
-
-    def __init__(self) -> None:
-        self.peak = 0  # PSS summed
-        self.peak_rss = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def __enter__(self) -> MemoryPeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _sample(self) -> None:
-        me = psutil.Process()
-        tick = 0
-        while not self._stop.is_set():
-            # PSS walks the page tables (milliseconds per GB): read once a second, RSS ten times.
-            with_pss = tick % PSS_EVERY == 0
-            pss = rss = 0
-            for process in (me, *me.children(recursive=True)):
-                if process.pid in EXCLUDED_PIDS:  # the emulator stands for AWS: not the pipeline's memory
-                    continue
-                try:
-                    resident = process.memory_info().rss
-                    pss += _pss(process.pid, resident) if with_pss else 0
-                    rss += resident
-                except psutil.Error:
-                    continue
-            self.peak_rss = max(self.peak_rss, rss)
-            if with_pss:
-                self.peak = max(self.peak, pss)
-            tick += 1
-            self._stop.wait(0.1)
-
-
-def _pss(pid: int, rss: int) -> int:
-    """A process's PSS in bytes (smaps_rollup, cheaper than psutil's full smaps walk); RSS if unreadable."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return rss
-
-
-def machine() -> dict[str, Any]:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": model,
-        "load_1m": round(load[0], 2),
-        "python": platform.python_version(),
-    }
 
 
 def write_manifest(
@@ -372,122 +201,19 @@ def run_pipeline(
         return pipeline.summarize(s3, settings, batch)
 
 
-def pipeline_side_figures(
-    stages: list[Stage], devices: int, floor_rate: float, memory: MemoryPeak
-) -> dict[str, Any]:
-    """Wall time of every stage but the emulator's registration, beside the credentials floor on all cores."""
-    cores = os.cpu_count() or 1
-    seconds = sum(s.seconds for s in stages if not s.name.startswith("register["))
-    floor_seconds = devices / (floor_rate * cores)
-    return {
-        "seconds": round(seconds, 3),
-        "cores": cores,
-        "credentials_floor_seconds": round(floor_seconds, 3),
-        "x_credentials_floor_time": round(seconds / floor_seconds, 3),
-        "peak_pss_mb": round(memory.peak / 2**20, 1),
-        "peak_rss_mb": round(memory.peak_rss / 2**20, 1),
-    }
-
-
-def figures(stage: Stage, floor: Floor) -> dict[str, Any]:
-    floor_rate = floor.per_second * stage.cores
-    cpu_us = stage.cpu_seconds / stage.devices * 1e6 if stage.devices else 0.0
-    return {
-        "stage": stage.name,
-        "devices": stage.devices,
-        "seconds": round(stage.seconds, 3),
-        "devices_per_s": round(stage.per_second, 1),
-        "cores": stage.cores,
-        "floor_devices_per_s": round(floor_rate, 1),
-        "x_floor": round(stage.per_second / floor_rate, 3),
-        "cpu_seconds": round(stage.cpu_seconds, 3),
-        "cpu_us_per_device": round(cpu_us, 1),
-        "floor_us_over_cpu_us": round(floor.per_device_us / cpu_us, 3) if cpu_us else None,
-        **(
-            {"server_cpu_us_per_device": round(stage.server_cpu_seconds / stage.devices * 1e6, 1)}
-            if COUNT_POSTGRES and stage.devices
-            else {}
-        ),
-    }
-
-
-def render(
-    header: list[str],
-    rows_: list[dict[str, Any]],
-    floor: Floor,
-    csr_floor: Floor | None,
-    mix: float | None,
-    busy: float,
-) -> str:
-    lines = list(header)
-    lines.append(
-        f"crypto floor, 1 core, {floor.devices:,} devices: keygen {floor.keygen_us:.1f} µs + sign "
-        f"{floor.sign_us:.1f} µs + PEM {floor.serialise_us:.1f} µs = {floor.per_device_us:.1f} µs/device "
-        f"= {floor.per_second:,.0f} devices/s; the same with every core busy: {busy:.1f} µs/device"
-    )
-    if csr_floor is not None and mix is not None:
-        lines.append(
-            f"device-CSR floor, 1 core, {csr_floor.devices:,} CSRs: "
-            f"parse+verify {csr_floor.keygen_us:.1f} µs "
-            f"+ sign {csr_floor.sign_us:.1f} µs + PEM {csr_floor.serialise_us:.1f} µs = "
-            f"{csr_floor.per_device_us:.1f} µs/device; this manifest's mix: {mix:,.0f} devices/s per core"
-        )
-    lines.append("")
-    columns = (
-        "stage",
-        "devices",
-        "seconds",
-        "devices/s",
-        "cores",
-        "floor(cores)/s",
-        "× floor",
-        "CPU µs/device",
-        "floor µs/CPU µs",
-    )
-    table = [columns] + [
-        (
-            r["stage"],
-            f"{r['devices']:,}",
-            f"{r['seconds']:.2f}",
-            f"{r['devices_per_s']:,.0f}",
-            str(r["cores"]),
-            f"{r['floor_devices_per_s']:,.0f}",
-            f"{r['x_floor']:.2f}",
-            f"{r['cpu_us_per_device']:,.1f}",
-            f"{r['floor_us_over_cpu_us']:.2f}" if r["floor_us_over_cpu_us"] else "-",
-        )
-        for r in rows_
-    ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
-    for number, row in enumerate(table):
-        cells = [row[0].ljust(widths[0])] + [
-            cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)
-        ]
-        lines.append("  ".join(cells))
-        if number == 0 or number == len(table) - 2:
-            lines.append("  ".join("-" * w for w in widths))
-    lines.append(
-        "× floor = devices/s ÷ (floor devices/s × cores); floor µs/CPU µs = floor cost ÷ CPU the stage spent "
-        "per device (all its processes and threads; unaffected by other load on the machine)"
-    )
-    return "\n".join(lines)
-
-
 def _inventory(
     stack: contextlib.ExitStack, work: Path, url: str | None, parser: argparse.ArgumentParser
 ) -> tuple[str, str]:
     """The inventory URL of this run and how the table describes it."""
-    global COUNT_POSTGRES
     if url is None:
         return f"sqlite:///{work / 'inventory.db'}", "SQLite, a file in the temporary directory"
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() != "postgresql":
         parser.error(f"--inventory takes a PostgreSQL URL, got {parsed.render_as_string(hide_password=True)}")
-    COUNT_POSTGRES = parsed.host in LOCAL_HOSTS
+    bench_measure.COUNT_POSTGRES = parsed.host in LOCAL_HOSTS
     shown = parsed.render_as_string(hide_password=True)
-    counted = (
-        "its server's CPU counted in each stage" if COUNT_POSTGRES else "a remote server: its CPU not counted"
-    )
+    local = bench_measure.COUNT_POSTGRES
+    counted = "its server's CPU counted in each stage" if local else "a remote server: its CPU not counted"
     return stack.enter_context(
         scratch_schema(url, "bench")
     ), f"PostgreSQL at {shown}, a schema of its own ({counted})"
@@ -574,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
 
         watch = Stopwatch(tuple(args.profile))
         started, cpu_started, server_started = time.perf_counter(), cpu_seconds(), server_cpu_seconds()
+        emulator_started = emulator_cpu_seconds()
         with MemoryPeak() as memory:
             summary = run_pipeline(
                 watch, iot, s3, settings, manifest, args.devices, ca_pem, ca_key_pem, args.slots
@@ -586,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu_seconds() - cpu_started,
         )
         total.server_cpu_seconds = server_cpu_seconds() - server_started
+        total.emulator_cpu_seconds = emulator_cpu_seconds() - emulator_started
 
         rows_ = [figures(s, floor) for s in [*watch.stages, total]]
         host = machine()
@@ -612,7 +340,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"credentials CPU per device: worker processes {workers_us:.1f} µs, this process "
                 f"(pipeline loop, bundle sealing, S3 uploads) {parent_us:.1f} µs"
             )
-        if COUNT_POSTGRES:
+        print(
+            "emulator CPU per device (it stands for AWS: not in the figures above, but on the same cores): "
+            + ", ".join(
+                f"{r['stage']} {r['emulator_cpu_us_per_device']:.1f} µs"
+                for r in rows_
+                if r["devices"] and not r["stage"].startswith(("intake", "summarize"))
+            )
+        )
+        if bench_measure.COUNT_POSTGRES:
             print(
                 "PostgreSQL server CPU per device (in the figures above): "
                 + ", ".join(

@@ -47,6 +47,9 @@ def test_bench_accounts_every_device_and_prints_each_stage_beside_the_floor():
     for name in ("validate", "preflight", "credentials", "parameter files", "summarize", "end to end"):
         assert stages[name]["cpu_us_per_device"] > 0 and stages[name]["devices_per_s"] > 0, name
     assert any(name.startswith("reconcile[TH-100") for name in stages)
+    # The emulator's CPU apart: registration is its work (CPU times tick every 10 ms: the whole run here).
+    assert stages["end to end"]["emulator_cpu_us_per_device"] > 0
+    assert "emulator CPU per device (it stands for AWS" in table
     assert (
         figures["inventory"] == "sqlite"
         and "inventory: SQLite" in table
