@@ -11,6 +11,7 @@ import resource
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,30 +112,27 @@ def server_cpu_seconds() -> float:
 def emulator_cpu_seconds() -> float:
     """The emulator's CPU (all its threads): not the pipeline's, but on the same cores as the pipeline here,
     which is why a stage's wall time can exceed its CPU over the cores."""
-    total = 0.0
-    for pid in EXCLUDED_PIDS:
-        try:
-            times = psutil.Process(pid).cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
-    return total
+    return _cpu_of(EXCLUDED_PIDS)
 
 
 def children_cpu_seconds() -> float:
     """Children that ended (RUSAGE_CHILDREN) plus the ones still running (the worker pool), but the
     emulator's: it stands for AWS."""
     ended = resource.getrusage(resource.RUSAGE_CHILDREN)
-    alive = 0.0
-    for child in psutil.Process().children(recursive=True):
-        if child.pid in EXCLUDED_PIDS:
-            continue
+    alive = _cpu_of(c.pid for c in psutil.Process().children(recursive=True) if c.pid not in EXCLUDED_PIDS)
+    return ended.ru_utime + ended.ru_stime + alive
+
+
+def _cpu_of(pids: Iterable[int]) -> float:
+    """User + system CPU of running processes (one that has just ended counts nothing)."""
+    total = 0.0
+    for pid in pids:
         try:
-            times = child.cpu_times()
+            times = psutil.Process(pid).cpu_times()
         except psutil.Error:
             continue
-        alive += times.user + times.system
-    return ended.ru_utime + ended.ru_stime + alive
+        total += times.user + times.system
+    return total
 
 
 class MemoryPeak:
